@@ -13,31 +13,36 @@ modes produce the same trajectories with a deterministic policy (tested with `Sc
 
 Policies (the `Policy` protocol: `generate(batch_of_messages, contexts=None) -> list[Generation]`)
 ------------------------------------------------------------------------------------------------
-* `HFPolicy` — transformers: the processor's chat template over each message list, images loaded from the
-  image blocks (paths or PIL), one left-padded `model.generate` per call (optionally in sub-batches of
-  `max_batch_size`), the vision placeholder tokens suppressed (`models.suppressed_token_ids`: a sampled
-  `<|video_pad|>` breaks Qwen's rope index), greedy by default or sampled with `temperature`/`top_p`/`top_k`.
-  `Generation.seconds` is the call's wall time divided by the sequences in it (amortised share).
+* `HFPolicy` — transformers. With episode contexts (as `run_episodes` passes them) and a Qwen-VL model it
+  generates through `kv_reuse.KVReuseEngine`: each episode's keys/values are kept between its turns and only
+  the new prompt tokens are run (greedy output identical to `model.generate` on the whole prompt — tested).
+  Otherwise (`kv_reuse=False`, no contexts, other architectures): the processor's chat template over each
+  message list, images loaded from the image blocks (paths or PIL), one left-padded `model.generate` per
+  call (optionally in sub-batches of `max_batch_size`). Either way the vision placeholder tokens are
+  suppressed (`models.suppressed_token_ids`: a sampled `<|video_pad|>` breaks Qwen's rope index), greedy by
+  default or sampled with `temperature`/`top_p`/`top_k`. `Generation.seconds` is the call's wall time
+  divided by the sequences in it (amortised share).
 * `VLLMPolicy` — vLLM's offline `LLM.chat` (imported only when constructed; a clear ImportError when missing).
 * `ScriptedPolicy` — replays turns without a model: each task's gold chain rendered as model turns in the
   reference's tag format (`<think> … </think>\\n<problem> … </problem>`, … — `data.stepwise.gold_turn`, the
   same renderer the step-wise training data uses) or turns given per task id. With gold chains it is the
   oracle that checks environment + tools + scoring end to end.
 
-`bench_rollout()` times the batched loop against the sequential loop on the same tasks, model and settings
-(see its docstring). What it found for the tiny model on 2 shared CPU cores (tags prompts of ~725 tokens — the
-tiny tokenizer spends ~2.5 characters per token on the reference prompt — 5 turns, 64 new tokens, one thread):
-batched ≈ 2.6× sequential. A lone sequence costs ~20 ms of prefill plus ~1.1 ms per generated token, nearly
-all of it fixed per-step overhead, which batching does amortise (a decode step for 32 sequences costs ~3–4
-ms). But every turn re-encodes the whole prompt, and prefill is compute that a batch does not share (attention
-is O(prompt²) per sequence; the left-padding mask of a mixed-length batch adds to it): ~0.9 s of a ~1.1 s
-batched call for 32 sequences. Longer generations do not help much because a batched round waits for its
-longest completion. Two intra-op threads help a batch on an idle machine but make every call several times
-slower when other processes hold a core.
+`bench_rollout()` times the batched loop against the sequential, reference-style loop (whole prompt
+re-encoded with `model.generate` every turn) on the same tasks, model and settings, and also the batched loop
+without KV reuse (see its docstring). What it found for the tiny model on 2 CPU cores (tags prompts of ~725
+tokens — the tiny tokenizer spends ~2.5 characters per token on the reference prompt — 5 turns, 64 new
+tokens, one thread, 32 tasks): batching alone ≈ 2.6× sequential; batching + KV reuse ≈ 9×. A lone sequence
+costs ~20 ms of prefill plus ~1.1 ms per generated token, nearly all of it fixed per-step overhead, which
+batching amortises (a decode step for 32 sequences costs ~3–4 ms). Prefill is what a batch cannot share
+(attention is O(prompt²) per sequence): re-encoding 32 prompts costs ~0.9 s of a ~1.1 s batched round,
+which KV reuse removes from every round but the first (and the first uses the causal kernel without a
+padding mask: right-padded rows). Two intra-op threads help a batch on an idle machine but make every call
+several times slower when other processes hold a core — bench with `--threads 1 --repeats 2` here.
 
-Left out: continuous batching inside `generate` (a round waits for its longest completion), prefix/KV caching
-across turns, several samples per prompt in one call (pass a task several times instead), and multi-GPU data
-parallelism (run one process per GPU on a shard of the tasks).
+Left out: continuous batching inside a round (a round waits for its longest completion), prefix sharing
+between different episodes, several samples per prompt in one call (pass a task several times instead), and
+multi-GPU data parallelism (run one process per GPU on a shard of the tasks).
 """
 
 from __future__ import annotations
@@ -84,6 +89,7 @@ class Generation:
     completion_tokens: int = 0
     image_tokens: int = 0
     seconds: float = 0.0
+    reused_tokens: int = 0  # prompt tokens whose keys/values came from this episode's earlier turns
 
 
 @dataclass
@@ -207,11 +213,16 @@ class HFPolicy:
         max_batch_size: split larger batches into generate calls of at most this many sequences.
         suppress_vision_tokens: never sample image/video placeholder tokens (default True).
         seed: seeds torch once at construction (sampling reproducibility).
+        kv_reuse: keep each episode's keys/values between its turns and run only the new prompt tokens
+            (`kv_reuse.KVReuseEngine`; needs `contexts` with episode ids and a Qwen-VL model, else falls back
+            to `model.generate`). False = re-encode the whole prompt every turn, like the reference scripts.
+        kv_budget_tokens: most tokens kept across all cached episodes (least recently used dropped first).
     """
 
     def __init__(self, model: Any, processor: Any, *, max_new_tokens: int = 256, temperature: float = 0.0,
                  top_p: float = 1.0, top_k: int | None = None, repetition_penalty: float | None = None,
-                 max_batch_size: int | None = None, suppress_vision_tokens: bool = True, seed: int | None = None):
+                 max_batch_size: int | None = None, suppress_vision_tokens: bool = True, seed: int | None = None,
+                 kv_reuse: bool = True, kv_budget_tokens: int = 1 << 20):
         import torch
 
         from arftlib.models import suppressed_token_ids
@@ -239,6 +250,46 @@ class HFPolicy:
         if seed is not None:
             torch.manual_seed(int(seed))
         self.calls = 0
+        self.engine = None
+        if kv_reuse:
+            from arftlib.kv_reuse import KVReuseEngine, supports_kv_reuse
+
+            if supports_kv_reuse(model):
+                self.engine = KVReuseEngine(model, processor, budget_tokens=kv_budget_tokens)
+
+    def without_kv_reuse(self) -> "HFPolicy":
+        """The same model and settings, re-encoding every prompt with `model.generate` (the reference way)."""
+        import copy
+
+        twin = copy.copy(self)
+        twin.engine = None
+        twin.calls = 0
+        return twin
+
+    def forget(self, episode_ids: Sequence[str]) -> None:
+        """Drop finished episodes' cached keys/values (called by `run_episodes`)."""
+        if self.engine is not None:
+            self.engine.forget(list(episode_ids))
+
+    def logits_processor(self):
+        """The logits processors `model.generate` would apply with `generation_kwargs()`, in its order."""
+        from transformers import (LogitsProcessorList, RepetitionPenaltyLogitsProcessor,
+                                  SuppressTokensLogitsProcessor, TemperatureLogitsWarper, TopKLogitsWarper,
+                                  TopPLogitsWarper)
+
+        procs = LogitsProcessorList()
+        if self.repetition_penalty is not None:
+            procs.append(RepetitionPenaltyLogitsProcessor(penalty=float(self.repetition_penalty)))
+        if self.suppress:
+            procs.append(SuppressTokensLogitsProcessor(list(self.suppress), device=self.model.device))
+        if self.temperature > 0:
+            if self.temperature != 1.0:
+                procs.append(TemperatureLogitsWarper(self.temperature))
+            if self.top_k is not None:
+                procs.append(TopKLogitsWarper(top_k=int(self.top_k)))
+            if self.top_p < 1.0:
+                procs.append(TopPLogitsWarper(top_p=self.top_p))
+        return procs
 
     @classmethod
     def from_pretrained(cls, model_id_or_path: str = "tiny", *, load_kwargs: Mapping[str, Any] | None = None,
@@ -271,8 +322,31 @@ class HFPolicy:
         step = self.max_batch_size or len(batch)
         out: list[Generation] = []
         for i in range(0, len(batch), step):
-            out.extend(self._generate(batch[i:i + step]))
+            if self.engine is not None and contexts is not None:
+                out.extend(self._generate_reusing(batch[i:i + step], list(contexts[i:i + step])))
+            else:
+                out.extend(self._generate(batch[i:i + step]))
         return out
+
+    def _generate_reusing(self, batch: list[list[dict[str, Any]]], contexts: list[EpisodeContext]) -> list[Generation]:
+        t0 = time.perf_counter()
+        self.calls += 1
+        eng = self.engine
+        assert eng is not None
+        prompts = []
+        for m in batch:
+            text = self.processor.apply_chat_template(m, tokenize=False, add_generation_prompt=True)
+            prompts.append(eng.prepare(text, _images_of(m)))
+        results = eng.generate(prompts, [c.episode_id for c in contexts], max_new_tokens=self.max_new_tokens,
+                               eos_ids=self.eos_ids, pad_id=self.pad_id, logits_processor=self.logits_processor(),
+                               do_sample=self.temperature > 0)
+        dt = time.perf_counter() - t0
+        gens = []
+        for p, (ids, reused) in zip(prompts, results):
+            text = self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+            gens.append(Generation(text=text, prompt_tokens=len(p.ids), completion_tokens=len(ids),
+                                   image_tokens=p.image_tokens, seconds=dt / len(results), reused_tokens=reused))
+        return gens
 
     def _generate(self, batch: list[list[dict[str, Any]]]) -> list[Generation]:
         import torch
@@ -453,7 +527,8 @@ def run_episodes(
     own_writer = writer is not None and not isinstance(writer, TrajectoryWriter)
     w: TrajectoryWriter | None = TrajectoryWriter(writer) if own_writer else writer  # type: ignore[assignment]
     st = stats if stats is not None else {}
-    st.update(episodes=0, rounds=0, generate_calls=0, generate_s=0.0, tool_wall_s=0.0, wall_s=0.0, cpu_s=0.0, turns=0)
+    st.update(episodes=0, rounds=0, generate_calls=0, generate_s=0.0, tool_wall_s=0.0, wall_s=0.0, cpu_s=0.0, turns=0,
+              reused_prompt_tokens=0)
     results: list[Trajectory | None] = [None] * len(tasks)
     bar = _progress(len(tasks), desc or ("episodes (sequential)" if sequential else "episodes"), progress)
     t_start, cpu_start = time.perf_counter(), time.process_time()
@@ -472,6 +547,9 @@ def run_episodes(
                 if step.observation is not None and step.observation.image:
                     step.observation.image = str(w.dir / d["observation"]["image"])
         env.close()
+        forget = getattr(policy, "forget", None)
+        if forget is not None:  # a policy that caches per episode (HFPolicy's KV reuse) frees it now
+            forget([traj.episode_id])
         results[i] = traj
         st["episodes"] += 1
         bar.update(1)
@@ -489,6 +567,7 @@ def run_episodes(
         gens = policy.generate([e.messages for e in envs], [context(e) for e in envs])
         st["generate_s"] += time.perf_counter() - t0
         st["generate_calls"] += 1
+        st["reused_prompt_tokens"] += sum(g.reused_tokens for g in gens)
         if len(gens) != len(envs):
             raise RuntimeError(f"policy returned {len(gens)} generations for {len(envs)} prompts")
         return gens
@@ -692,8 +771,11 @@ def bench_rollout(
 ) -> dict[str, Any]:
     """Time the batched loop against a one-question-at-a-time loop on the same tasks, in one process.
 
-    Both loops use the same `HFPolicy` object (same model, greedy decoding, same `max_new_tokens`, vision
-    tokens suppressed), the same `AgentEnv` settings and tool implementations (sandbox, search), the same
+    Both loops use the same model and generation settings (greedy decoding, same `max_new_tokens`, vision
+    tokens suppressed): the sequential loop through `policy.without_kv_reuse()` (`model.generate` on the whole
+    prompt each turn, like the reference), the batched loop through `policy` (KV reuse across turns when the
+    model supports it; then a third loop, batched without KV reuse, is timed too and reported as
+    `batched_no_kv_reuse` / `ratio_no_kv_reuse`). Same `AgentEnv` settings and tool implementations (sandbox, search), the same
     `n_tasks` procedural tasks (`synth-coding` for kind="coding", `synth-search` for kind="search"; a fresh
     small build unless `data=` names one) and the same `max_turns`. The sequential loop generates one
     episode's turn at a time and runs its tool inline, like the reference evaluation scripts; the batched loop
@@ -721,27 +803,38 @@ def bench_rollout(
         policy.max_new_tokens, policy.temperature = int(max_new_tokens), 0.0
     bs = int(batch_size or len(tasks))
     env_kwargs = {"work_dir": str(work / "episodes")}
-    # warm-up: one generation and one environment step (starts the sandbox / search index)
+    # the reference way: every turn re-encodes the whole prompt with model.generate (no KV kept between turns)
+    reference = policy.without_kv_reuse() if isinstance(policy, HFPolicy) else policy
+    loops: dict[str, tuple[Policy, dict[str, Any]]] = {
+        "sequential": (reference, {"sequential": True}),
+        "batched": (policy, {"batch_size": bs}),
+    }
+    if isinstance(policy, HFPolicy) and policy.engine is not None:  # what batching alone buys (no KV reuse)
+        loops["batched_no_kv_reuse"] = (reference, {"batch_size": bs})
+    # warm-up: one generation per policy and one environment step (starts the sandbox / search index)
     warm = AgentEnv(protocol=protocol, max_turns=max_turns, **env_kwargs)
     warm.reset(task=tasks[0], episode_id="warmup")
-    g = policy.generate([warm.messages], [EpisodeContext(tasks[0], 0, "warmup", protocol)])[0]
+    for pol in {id(p): p for p, _ in loops.values()}.values():
+        g = pol.generate([warm.messages], [EpisodeContext(tasks[0], 0, "warmup", protocol)])[0]
+    forget = getattr(policy, "forget", None)
+    if forget is not None:
+        forget(["warmup"])
     warm.step(g.text)
     warm.close()
 
     common = dict(protocol=protocol, max_turns=max_turns, env_kwargs=env_kwargs, tool_workers=tool_workers,
                   progress=progress)
     load_start = os.getloadavg()[0]
-    runs: dict[str, list[tuple[float, dict[str, Any], list[Trajectory]]]] = {"sequential": [], "batched": []}
-    for _ in range(max(1, int(repeats))):  # alternate the two loops; the fastest run of each counts
-        st: dict[str, Any] = {}
-        trajs = run_episodes(tasks, policy, sequential=True, stats=st, **common)
-        runs["sequential"].append((st["wall_s"], st, trajs))
-        st = {}
-        trajs = run_episodes(tasks, policy, batch_size=bs, stats=st, **common)
-        runs["batched"].append((st["wall_s"], st, trajs))
+    runs: dict[str, list[tuple[float, dict[str, Any], list[Trajectory]]]] = {name: [] for name in loops}
+    for _ in range(max(1, int(repeats))):  # alternate the loops; the fastest run of each counts
+        for name, (pol, kw) in loops.items():
+            st: dict[str, Any] = {}
+            trajs = run_episodes(tasks, pol, stats=st, **common, **kw)
+            runs[name].append((st["wall_s"], st, trajs))
     load_end = os.getloadavg()[0]
-    _, s_seq, seq = min(runs["sequential"], key=lambda r: r[0])
-    _, s_bat, bat = min(runs["batched"], key=lambda r: r[0])
+    best = {name: min(r, key=lambda x: x[0]) for name, r in runs.items()}
+    _, s_seq, seq = best["sequential"]
+    _, s_bat, bat = best["batched"]
 
     def part(st: dict[str, Any], trajs: list[Trajectory], name: str) -> dict[str, Any]:
         s = summarize(trajs)
@@ -754,11 +847,21 @@ def bench_rollout(
             "turns": s["turns"], "tool_calls": s["tool_calls"], "tool_errors": s["tool_errors"],
             "invalid_turns": s["invalid_turns"], "answered": s["answered"],
             "completion_tokens": s["completion_tokens"], "prompt_tokens": s["prompt_tokens"],
+            "reused_prompt_tokens": st.get("reused_prompt_tokens", 0),
         }
 
     b_eps = len(bat) / s_bat["wall_s"]
     s_eps = len(seq) / s_seq["wall_s"]
-    same = sum(1 for a, b in zip(seq, bat) if [x.model_text for x in a.steps] == [x.model_text for x in b.steps])
+    def same_as_sequential(trajs: list[Trajectory]) -> int:
+        return sum(1 for a, b in zip(seq, trajs) if [x.model_text for x in a.steps] == [x.model_text for x in b.steps])
+
+    extra: dict[str, Any] = {}
+    if "batched_no_kv_reuse" in best:
+        _, s_nr, nr = best["batched_no_kv_reuse"]
+        extra = {"batched_no_kv_reuse_eps_per_s": round(len(nr) / s_nr["wall_s"], 3),
+                 "ratio_no_kv_reuse": round(len(nr) / s_nr["wall_s"] / s_eps, 2),
+                 "batched_no_kv_reuse": part(s_nr, nr, "batched_no_kv_reuse"),
+                 "identical_episodes_no_kv_reuse": same_as_sequential(nr)}
     return {
         "batched_eps_per_s": round(b_eps, 3),
         "sequential_eps_per_s": round(s_eps, 3),
@@ -780,6 +883,8 @@ def bench_rollout(
         "loadavg_1min": [round(load_start, 2), round(load_end, 2)],
         "batched": part(s_bat, bat, "batched"),
         "sequential": part(s_seq, seq, "sequential"),
-        "identical_episodes": same,
+        "identical_episodes": same_as_sequential(bat),
+        "kv_reuse": isinstance(policy, HFPolicy) and policy.engine is not None,
+        **extra,
     }
 
