@@ -105,7 +105,9 @@ def _tiny_cpu() -> RunConfig:
         image_size=112,  # tiny model, tiny images: 112×112 → 16 visual tokens after merging
         min_pixels=56 * 56,
         max_pixels=112 * 112,
-        max_completion_length=48,
+        # tiny tokenizer: gold diagnosis turns are 35-70 tokens, answers 30-75, search turns ~60 (code turns
+        # ~210, up to 500: raise this for code-step training)
+        max_completion_length=80,
         temperature=1.0,
         eval_batch_size=16,
         num_generations=4,

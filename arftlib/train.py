@@ -1106,7 +1106,7 @@ LEARNING_DEMO_SHORT = dict(n_tasks=200, sft_steps=180, grpo_steps=40, heldout_ro
                            verify_build=False)
 # What the demo changes in the tiny-cpu profile, and why:
 LEARNING_DEMO_CONFIG = dict(
-    max_completion_length=80,  # gold diagnosis steps are 34-69 tokens with the tiny tokenizer (profile: 48)
+    max_completion_length=80,  # gold diagnosis steps are 34-69 tokens with the tiny tokenizer (= the profile)
     lora_target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
     lora_r=16, lora_alpha=32,  # LoRA on every language-model linear of the 64-wide tiny model
     learning_rate=1e-3,  # GRPO learning rate of the LoRA adapter
