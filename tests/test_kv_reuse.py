@@ -1,26 +1,14 @@
 """arftlib.kv_reuse: per-episode KV reuse across turns gives the same greedy tokens as `model.generate` on the
-whole prompt, reuses what it should (and nothing it should not), and keeps to its memory budget."""
+whole prompt, reuses what it should (and nothing it should not), and keeps to its memory budget. The `tasks` and
+`search` fixtures are in conftest.py."""
 
 from __future__ import annotations
 
 import pytest
 
-from arftlib.rollout import EpisodeContext, HFPolicy, ScriptedPolicy, fixture_tasks, run_episodes
-from arftlib.tools.search import load_search
+from arftlib.rollout import EpisodeContext, HFPolicy, ScriptedPolicy, run_episodes
 
 torch = pytest.importorskip("torch")
-
-
-@pytest.fixture(scope="module")
-def tasks(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fixture")
-    return fixture_tasks(4, root / "c", "coding") + fixture_tasks(3, root / "s", "search")
-
-
-@pytest.fixture(scope="module")
-def search(tasks, tmp_path_factory):
-    corpus = next(t for t in tasks if t.kind == "search").metadata["corpus"]
-    return load_search("local", corpus=corpus, cache_root=tmp_path_factory.mktemp("bm25"))
 
 
 class _Probe:
@@ -123,7 +111,7 @@ def test_prepare_tokenizes_like_the_processor(tasks):
     policy = HFPolicy.from_pretrained("tiny", max_new_tokens=4)
     for protocol in ("tags", "chat"):
         env = AgentEnv(protocol=protocol)
-        env.reset(task=tasks[5])
+        env.reset(task=next(t for t in tasks if t.kind == "search"))
         text = policy.processor.apply_chat_template(env.messages, tokenize=False, add_generation_prompt=True)
         images = _images_of(env.messages)
         ours = policy.engine.prepare(text, images)

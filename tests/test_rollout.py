@@ -13,26 +13,12 @@ from arftlib.rollout import (
     HFPolicy,
     ScriptedPolicy,
     VLLMPolicy,
-    fixture_tasks,
     gold_turns,
     run_episodes,
     summarize,
 )
-from arftlib.tools.search import load_search
 from arftlib.trajectories import TrajectoryWriter, read_trajectories
 from arftlib.types import Trajectory
-
-
-@pytest.fixture(scope="module")
-def tasks(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fixture")
-    return fixture_tasks(6, root / "c", "coding") + fixture_tasks(5, root / "s", "search")
-
-
-@pytest.fixture(scope="module")
-def search(tasks, tmp_path_factory):
-    corpus = next(t for t in tasks if t.kind == "search").metadata["corpus"]
-    return load_search("local", corpus=corpus, cache_root=tmp_path_factory.mktemp("bm25"))
 
 
 def _comparable(traj: Trajectory) -> dict:
