@@ -10,8 +10,8 @@ How (one `generate` call over a batch of rows, each row = one episode's current 
 -----------------------------------------------------------------------------------------
 1. `prepare`: chat-template text → token ids with the image placeholders expanded exactly as the processor
    does (`processor.replace_image_token`); each image is run through the image processor once and remembered
-   (by file path, size and mtime, or object id); the 3-D rope positions of the whole prompt come from the
-   model's own `get_rope_index`.
+   by a hash of its content (file bytes, or a PIL image's pixels), within a byte budget; the 3-D rope
+   positions of the whole prompt come from the model's own `get_rope_index`.
 2. Reuse: the longest common token prefix between the prompt and what the episode's cache holds (never the
    whole prompt: the last token must be run to get logits; never half an image: a cut inside an image's
    placeholder run moves back to its start, so the vision tower always sees whole images).
@@ -38,7 +38,8 @@ from __future__ import annotations
 import collections
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+import hashlib
+from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["KVReuseEngine", "PreparedPrompt", "supports_kv_reuse"]
@@ -65,7 +66,8 @@ class PreparedPrompt:
     """One row's prompt: token ids, the images in placeholder order, and rope positions."""
 
     ids: list[int]
-    image_keys: list[Any]  # cache keys of the images, in order of their placeholder runs
+    image_keys: list[Any]  # content keys of the images, in order of their placeholder runs
+    images: list[tuple[Any, Any]]  # (pixel rows, grid_thw [1, 3]) of each image, in the same order
     positions: Any  # LongTensor [3, len(ids)] (rope positions of every prompt token)
     next_position: int  # rope position of the first generated token (max position + 1)
     image_tokens: int = 0
@@ -85,7 +87,6 @@ class _Row:
     key: Any
     reuse: int  # prompt tokens taken from the cache
     cache: _EpisodeCache | None
-    new_images: list[Any] = field(default_factory=list)
 
 
 class KVReuseEngine:
@@ -95,10 +96,11 @@ class KVReuseEngine:
         model, processor: a Qwen-VL model (optionally PEFT-wrapped or quantised) and its processor.
         budget_tokens: most prompt+generated tokens kept across all episodes (least recently used dropped
             first). 0 disables reuse (every call prefills everything, like `generate`).
-        image_cache_size: processed images remembered (pixel rows + grid).
+        image_cache_mb: processed images remembered (pixel rows), in MiB; least recently used dropped first
+            (a dropped image is processed again when it comes back).
     """
 
-    def __init__(self, model: Any, processor: Any, *, budget_tokens: int = 1 << 20, image_cache_size: int = 4096):
+    def __init__(self, model: Any, processor: Any, *, budget_tokens: int = 1 << 20, image_cache_mb: int = 512):
         backbone = _backbone(model)
         if backbone is None:
             raise ValueError(f"{type(model).__name__}: KV reuse needs a Qwen-VL backbone with get_rope_index")
@@ -112,21 +114,25 @@ class KVReuseEngine:
         self.budget_tokens = int(budget_tokens)
         self._episodes: collections.OrderedDict[Any, _EpisodeCache] = collections.OrderedDict()
         self._images: collections.OrderedDict[Any, tuple[Any, Any]] = collections.OrderedDict()
-        self._image_cache_size = int(image_cache_size)
+        self._image_cache_bytes = int(image_cache_mb) << 20
         self.stats = {"prompt_tokens": 0, "reused_tokens": 0, "prefilled_tokens": 0, "decode_steps": 0, "calls": 0}
 
     # ---------------------------------------------------------------------------------------------- prompts
     @staticmethod
-    def image_key(img: Any) -> Any:
-        """Cache key of an image block's value: (path, size, mtime) for files, the object id for PIL images."""
+    def image_key(img: Any) -> tuple[str, str]:
+        """A content key: the hash of a file's bytes, or of a PIL image's mode, size and pixels (an object id or
+        a file's mtime could name other pixels later, and a wrong match would reuse the wrong keys/values)."""
+        h = hashlib.blake2b(digest_size=16)
         if isinstance(img, (str, os.PathLike)):
-            path = os.fspath(img)
-            st = os.stat(path)
-            return ("file", path, st.st_size, st.st_mtime_ns)
-        return ("obj", id(img))
+            with open(os.fspath(img), "rb") as f:
+                h.update(f.read())
+            return ("file", h.hexdigest())
+        h.update(f"{img.mode}{img.size}".encode())
+        h.update(img.tobytes())
+        return ("pil", h.hexdigest())
 
-    def _image(self, img: Any, loaded: Mapping[Any, Any] | None = None) -> tuple[Any, Any, Any]:
-        """(key, pixel rows, grid_thw [1, 3]) of one image, processed once."""
+    def _image(self, img: Any) -> tuple[Any, Any, Any]:
+        """(key, pixel rows, grid_thw [1, 3]) of one image, processed once while it stays in the cache."""
         key = self.image_key(img)
         hit = self._images.get(key)
         if hit is None:
@@ -140,10 +146,10 @@ class KVReuseEngine:
             out = self.processor.image_processor(images=[pil], return_tensors="pt")
             hit = (out["pixel_values"], out["image_grid_thw"])
             self._images[key] = hit
-            if key[0] == "obj":  # an object id is only meaningful while the object lives: keep it referenced
-                self._images[key] = hit + (pil,)  # type: ignore[assignment]
-            while len(self._images) > self._image_cache_size:
-                self._images.popitem(last=False)
+            total = sum(v[0].numel() * v[0].element_size() for v in self._images.values())
+            while total > self._image_cache_bytes and len(self._images) > 1:
+                _, old = self._images.popitem(last=False)
+                total -= old[0].numel() * old[0].element_size()
         else:
             self._images.move_to_end(key)
         return key, hit[0], hit[1]
@@ -155,11 +161,12 @@ class KVReuseEngine:
         parts = text.split(self.image_token)
         if len(parts) - 1 != len(images):
             raise ValueError(f"the prompt has {len(parts) - 1} image placeholders but {len(images)} images")
-        keys, grids = [], []
+        keys, grids, processed = [], [], []
         for img in images:
-            k, _, grid = self._image(img)
+            k, pixels, grid = self._image(img)
             keys.append(k)
             grids.append(grid)
+            processed.append((pixels, grid))
         if images:
             grid_all = torch.cat(grids, dim=0)
             expanded = parts[0]
@@ -176,7 +183,7 @@ class KVReuseEngine:
             pos = pos[:, 0, :]
         else:
             pos = torch.arange(len(ids)).view(1, -1).expand(3, -1)
-        return PreparedPrompt(ids=ids, image_keys=keys, positions=pos, next_position=int(pos.max()) + 1,
+        return PreparedPrompt(ids=ids, image_keys=keys, images=processed, positions=pos, next_position=int(pos.max()) + 1,
                               image_tokens=n_img)
 
     # ---------------------------------------------------------------------------------------------- cache
@@ -257,25 +264,15 @@ class KVReuseEngine:
         return [(generated[b], rows[b].reuse) for b in range(len(rows))]
 
     # ---- the pieces of one call
-    def _new_images(self, r: _Row) -> tuple[list[Any], list[Any]]:
+    def _new_images(self, r: _Row) -> list[tuple[Any, Any]]:
         first_new = len(self._image_run_starts(r.prompt.ids, r.reuse))  # images inside the reused prefix
-        pixels, grids = [], []
-        for k in r.prompt.image_keys[first_new:]:
-            hit = self._images.get(k)
-            if hit is None:
-                raise RuntimeError(f"image {k!r} left the image cache between prepare() and generate()")
-            pixels.append(hit[0])
-            grids.append(hit[1])
-        return pixels, grids
+        return r.prompt.images[first_new:]
 
     def _vision_kwargs(self, rows: list[_Row]) -> dict[str, Any]:
         import torch
 
-        pixels, grids = [], []
-        for r in rows:
-            p, g = self._new_images(r)
-            pixels += p
-            grids += g
+        new = [img for r in rows for img in self._new_images(r)]
+        pixels, grids = [p for p, _ in new], [g for _, g in new]
         if not pixels:
             return {}
         return {"pixel_values": torch.cat(pixels, dim=0).to(self.model.device),

@@ -135,3 +135,20 @@ def test_bench_rollout_reports_all_three_loops(tmp_path):
     assert r["batched"]["generate_calls"] == 2
     for key in ("batched_eps_per_s", "sequential_eps_per_s", "batched_no_kv_reuse_eps_per_s"):
         assert r[key] > 0
+
+
+def test_image_cache_keeps_to_its_byte_budget(tasks):
+    from arftlib.env import AgentEnv
+
+    policy = HFPolicy.from_pretrained("tiny", max_new_tokens=6, seed=0)
+    policy.engine._image_cache_bytes = 1  # at most one processed image is kept
+    envs = []
+    for t in tasks[:4]:
+        e = AgentEnv(protocol="tags")
+        e.reset(task=t)
+        envs.append(e)
+    ctx = [EpisodeContext(e.task, 0, e.trajectory.episode_id, "tags") for e in envs]
+    gens = policy.generate([e.messages for e in envs], ctx)
+    assert len(policy.engine._images) == 1
+    plain = policy.without_kv_reuse()
+    assert [g.text for g in gens] == [plain.generate([e.messages])[0].text for e in envs]
