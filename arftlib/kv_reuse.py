@@ -56,9 +56,19 @@ def _backbone(model: Any) -> Any:
     return None
 
 
+_MASKABLE = ("sdpa", "eager")  # attention implementations that take an explicit 4-D mask
+
+
 def supports_kv_reuse(model: Any) -> bool:
-    """True for the Qwen-VL family (a backbone with `get_rope_index` and a text config)."""
-    return _backbone(model) is not None
+    """True for the Qwen-VL family (a backbone with `get_rope_index`) with SDPA or eager attention (the
+    engine passes its own 4-D masks, which flash-attention kernels do not take) and no sliding-window layers."""
+    if _backbone(model) is None:
+        return False
+    config = getattr(model, "config", None)
+    impl = getattr(config, "_attn_implementation", None) or "sdpa"
+    text = config.get_text_config(decoder=True) if config is not None else None
+    sliding = "sliding_attention" in (getattr(text, "layer_types", None) or [])
+    return impl in _MASKABLE and not sliding
 
 
 @dataclass
@@ -102,8 +112,9 @@ class KVReuseEngine:
 
     def __init__(self, model: Any, processor: Any, *, budget_tokens: int = 1 << 20, image_cache_mb: int = 512):
         backbone = _backbone(model)
-        if backbone is None:
-            raise ValueError(f"{type(model).__name__}: KV reuse needs a Qwen-VL backbone with get_rope_index")
+        if backbone is None or not supports_kv_reuse(model):
+            raise ValueError(f"{type(model).__name__}: KV reuse needs a Qwen-VL backbone with get_rope_index, "
+                             "SDPA or eager attention and no sliding-window layers")
         self.model = model
         self.processor = processor
         self.tokenizer = getattr(processor, "tokenizer", processor)
@@ -352,7 +363,7 @@ class KVReuseEngine:
         k = torch.arange(C)
         mask = valid[:, None, None, :] & (k[None, :] <= q[:, None])[None, None]
         mask |= (~valid[:, P:P + S])[:, None, :, None] & (k[None, :] == q[:, None])[None, None]  # pads see themselves
-        out = self.model(input_ids=input_ids.to(device), attention_mask=mask.to(device),
+        out = self.model(input_ids=input_ids.to(device), attention_mask=self._additive(mask),
                          position_ids=positions.to(device), cache=cache, use_cache=True, logits_to_keep=1,
                          **self._vision_kwargs(rows))
         return cache, valid, out.logits[:, -1]
@@ -396,12 +407,21 @@ class KVReuseEngine:
             mask[:, write] = True  # a finished row's pad token attends to itself at least (no empty rows)
             full = torch.zeros((B, valid.shape[1]), dtype=torch.bool)
             full[:, : write + 1] = mask
-            out = self.model(input_ids=tok.view(B, 1).to(device), attention_mask=full[:, None, None, :].to(device),
+            out = self.model(input_ids=tok.view(B, 1).to(device), attention_mask=self._additive(full[:, None, None, :]),
                              position_ids=(next_pos + step).view(1, B, 1).expand(3, B, 1).to(device), cache=cache,
                              use_cache=True, logits_to_keep=1)
             logits = out.logits[:, -1]
             write += 1
         return generated, fed
+
+    def _additive(self, allowed: Any) -> Any:
+        """A boolean 4-D mask (True = may attend) as the additive float mask both SDPA and eager attention take."""
+        import torch
+
+        dtype = self.model.dtype
+        out = torch.zeros(allowed.shape, dtype=dtype)
+        out.masked_fill_(~allowed, torch.finfo(dtype).min)
+        return out.to(self.model.device)
 
     @staticmethod
     def _history(rows: list[_Row], pad_id: int, logits_processor: Any):

@@ -152,3 +152,17 @@ def test_image_cache_keeps_to_its_byte_budget(tasks):
     assert len(policy.engine._images) == 1
     plain = policy.without_kv_reuse()
     assert [g.text for g in gens] == [plain.generate([e.messages])[0].text for e in envs]
+
+
+def test_eager_attention_matches_too_and_flash_attention_falls_back(tasks, search, tmp_path):
+    from arftlib.kv_reuse import supports_kv_reuse
+
+    policy = HFPolicy.from_pretrained("tiny", max_new_tokens=8, seed=0, load_kwargs={"attn_implementation": "eager"})
+    assert policy.model.config._attn_implementation == "eager" and policy.engine is not None
+    probe = _Probe(policy)
+    run_episodes(tasks[:3] + tasks[6:8], probe, protocol="chat", max_turns=3, batch_size=5, progress=False,
+                 env_kwargs={"search": search, "work_dir": str(tmp_path)})
+    assert [a for a, _, _, _ in probe.pairs] == [b for _, b, _, _ in probe.pairs]
+    assert any(r > 0 for _, _, _, r in probe.pairs)
+    policy.model.config._attn_implementation = "flash_attention_2"  # pretend: the engine cannot pass its masks
+    assert not supports_kv_reuse(policy.model)
