@@ -52,7 +52,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from arftlib.evaluate import eval_from_args
 
     summary = eval_from_args(args)
-    _print_json({k: summary[k] for k in ("benchmark", "model", "protocol", "n", "agent", "wall_s") if k in summary})
+    _print_json({k: summary[k] for k in ("benchmark", "model", "protocol", "tool_calls", "n", "agent", "wall_s") if k in summary})
     return 0
 
 

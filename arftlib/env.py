@@ -26,6 +26,11 @@ Protocols (`protocol=`; see prompts.py)
   * `chat` — system + user(image, query), then assistant turns and observation turns (role `user`, or
     `tool` with `observation_role="tool"`); the processed image comes back as a new image block; invalid
     turns and tool errors are shown as text.
+  * `chat` with `tool_calls=True` — the chat protocol as TRL's tool loop trains it (`train --mode agentic`):
+    the prompt is rendered with the tool schemas (`tool_functions()`, TRL passes the same methods), a turn
+    acts through its first `<tool_call>{"name": …, "arguments": …}</tool_call>` (`parse.parse_tool_call`),
+    the result comes back as a `tool` turn, and a turn without a tool call ends the episode (an `<answer>`
+    in it is the answer), as TRL's loop ends there. This is how an agentic-trained adapter is evaluated.
   * `direct` — the no-tool baseline: one turn, the whole turn is the answer (the reference's "direct
     inference" scripts score the raw output).
 
@@ -64,7 +69,7 @@ import threading
 import time
 import types
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +80,7 @@ from arftlib.parse import (
     extract_crop_box,
     parse_action,
     parse_diagnosis,
+    parse_tool_call,
     reference_problems,
 )
 from arftlib.types import TASK_KINDS, Action, Observation, Step, Task, Trajectory
@@ -84,6 +90,7 @@ __all__ = [
     "AgentEnv",
     "ENV_PROTOCOLS",
     "TOOL_METHODS",
+    "tool_functions",
     "not_a_tool",
     "shared_search",
     "task_family",
@@ -93,6 +100,8 @@ __all__ = [
 
 ENV_PROTOCOLS = ("tags", "chat", "direct")
 TOOL_METHODS = ("search", "run_code", "diagnose", "answer")  # what TRL exposes to the model
+_TOOL_KINDS = {"search": "search", "run_code": "code", "diagnose": "problem", "answer": "answer"}  # → Action.kind
+_TOOL_ARGUMENT = {"search": "query", "run_code": "code", "diagnose": "problem", "answer": "answer"}
 ACTIONS_FOR = {"coding": ("problem", "code", "answer"), "search": ("search", "answer")}
 _METRIC_KEYS = (
     "turns", "tool_calls", "tool_errors", "invalid_turns", "searches", "code_runs", "diagnoses", "images_shown",
@@ -237,6 +246,17 @@ def _tool_raw(name: str, **arguments: Any) -> str:
     return "<tool_call>" + json.dumps({"name": name, "arguments": arguments}, ensure_ascii=False) + "</tool_call>"
 
 
+def tool_functions(env: "AgentEnv | None" = None) -> list[Callable[..., Any]]:
+    """The tools TRL's `environment_factory` offers the model, in TRL's order: the environment class's public
+    functions except `reset` / `get_reward`, alphabetically (`inspect.getmembers`), bound to `env` (a fresh
+    `AgentEnv` by default). Pass them as `apply_chat_template(..., tools=…)` to render the prompt training saw."""
+    import inspect
+
+    env = env if env is not None else AgentEnv()
+    return [getattr(env, name) for name, _ in inspect.getmembers(type(env), predicate=inspect.isfunction)
+            if name not in ("reset", "get_reward") and not name.startswith("_")]
+
+
 # --------------------------------------------------------------------------------------------------------------
 # the environment
 # --------------------------------------------------------------------------------------------------------------
@@ -264,6 +284,7 @@ class AgentEnv:
         work_dir: parent folder of the per-episode folders (default: system temp dir).
         keep_files: keep episode folders after reset/close.
         code_runner: replacement for `tools.sandbox.run_image_code` (same signature); for tests and tooling.
+        tool_calls: (chat only) turns are TRL-style tool calls, observations `tool` turns (module docstring).
     """
 
     def __init__(
@@ -286,6 +307,7 @@ class AgentEnv:
         work_dir: str | os.PathLike | None = None,
         keep_files: bool = False,
         code_runner: Any = None,
+        tool_calls: bool = False,
     ):
         if protocol is not None and protocol not in ENV_PROTOCOLS:
             raise ValueError(f"protocol must be one of {ENV_PROTOCOLS} or None, not {protocol!r}")
@@ -295,6 +317,11 @@ class AgentEnv:
             raise ValueError(f"image_budget must be >= 0, got {image_budget!r}")
         if observation_role not in ("user", "tool"):
             raise ValueError(f"observation_role must be 'user' or 'tool', not {observation_role!r}")
+        if tool_calls and protocol not in (None, "chat"):
+            raise ValueError(f"tool_calls=True is the chat protocol's tool-call form; protocol {protocol!r} has none")
+        self.tool_calls = bool(tool_calls)
+        if self.tool_calls:
+            observation_role = "tool"  # TRL renders tool results as tool turns
         self._protocol_arg = protocol
         self.protocol = protocol or "chat"
         self.max_turns = int(max_turns)
@@ -322,6 +349,7 @@ class AgentEnv:
         self._done = False
         self._episode_dir: Path | None = None
         self.calls_after_end = 0
+        self._pending_turn: tuple[str, Mapping[str, Any]] | None = None  # the text turn a tool call came from
 
     # ---------------------------------------------------------------------------------------------- building
     @classmethod
@@ -430,6 +458,8 @@ class AgentEnv:
         if self.protocol == "direct":
             action = Action(kind="answer", content=model_text, raw=model_text)
             return self._act(action, model_text, gen)
+        if self.tool_calls and self.protocol == "chat":
+            return self._tool_call_turn(model_text, gen)
         action = parse_action(model_text, policy=self.parse_policy)
         if action.kind != "invalid" and action.kind not in ACTIONS_FOR[task_family(t.kind)]:
             action = Action(kind="invalid", think=action.think, raw=model_text,
@@ -550,10 +580,51 @@ class AgentEnv:
         except Exception:  # noqa: BLE001 - interpreter shutdown
             pass
 
+    def _tool_call_turn(self, model_text: str, gen: Mapping[str, Any]) -> Observation:
+        """A chat turn in tool-call form: its first `<tool_call>` runs like TRL's loop runs it; a malformed call
+        is an invalid turn (the reason comes back as the tool turn); no call ends the episode."""
+        call = parse_tool_call(model_text)
+        if call is None:  # TRL's loop stops at a turn without a tool call: act on an <answer>, then end
+            action = parse_action(model_text, policy=self.parse_policy)
+            if action.kind != "answer":
+                action = Action(kind="invalid", think=action.think, raw=model_text,
+                                error="no tool call (the turn ends the episode)")
+            obs = self._act(action, model_text, gen)
+            if not self._done:
+                self._end()
+            return obs
+        kind = _TOOL_KINDS.get(call.name)
+        if call.error is None and kind is None:
+            call.error = f"unknown tool {call.name!r}; the tools are {', '.join(TOOL_METHODS)}"
+        if call.error is not None:
+            action = Action(kind="invalid", raw=model_text, error=call.error)
+            return self._act(action, model_text, gen)
+        argument = _TOOL_ARGUMENT[call.name]
+        n_steps = len(self.trajectory.steps)
+        self._pending_turn = (model_text, gen)
+        try:  # the very method TRL calls, so the tool turn shows exactly what training showed
+            returned = getattr(self, call.name)(**{argument: call.arguments.get(argument)})
+        finally:
+            self._pending_turn = None
+        if len(self.trajectory.steps) == n_steps:  # refused before acting (episode over)
+            return Observation(kind="text", text=str(returned))
+        step = self.trajectory.steps[-1]
+        obs = step.observation
+        if self._history and obs is not None and obs.kind != "none":
+            text = returned if isinstance(returned, str) else "".join(
+                str(b.get("text", "")) for b in returned if b.get("type") == "text")
+            self._history[-1] = (model_text, {"text": text, "image": obs.image})
+        return obs
+
     def _tool(self, kind: str, payload: Any, **arguments: Any) -> Observation:
-        """A TRL tool call → the same `_act` as a text turn."""
+        """A TRL tool call → the same `_act` as a text turn (in `_tool_call_turn`, the whole turn is the raw
+        model text and its token counts are recorded)."""
         t = self._need_task()
         raw = _tool_raw({"code": "run_code", "problem": "diagnose"}.get(kind, kind), **arguments)
+        pending = getattr(self, "_pending_turn", None)
+        gen: Mapping[str, Any] = {}
+        if pending is not None:
+            raw, gen = pending
         if self._done:
             self.calls_after_end += 1
             return Observation(kind="text", text="The episode is over (answered or out of turns); no more tool calls.")
@@ -572,7 +643,7 @@ class AgentEnv:
             action = Action(kind="code", content=payload, raw=raw)
         else:
             action = Action(kind=kind, content=payload.strip(), raw=raw)
-        return self._act(action, raw, {})
+        return self._act(action, raw, gen)
 
     def _act(self, action: Action, model_text: str, gen: Mapping[str, Any]) -> Observation:
         traj = self.trajectory

@@ -344,6 +344,7 @@ def run_eval(
     image_budget: int = 4,
     batch_size: int = 16,
     sequential: bool = False,
+    tool_calls: bool = False,
     max_new_tokens: int = 1024,
     temperature: float = 0.0,
     top_p: float = 1.0,
@@ -369,12 +370,16 @@ def run_eval(
     `rollout.Policy`
     (overrides `model` for generation; `model` is then only recorded). Generation: greedy unless
     `temperature` > 0; `max_new_tokens` per turn (the reference uses 1024 for coding and 2048 for search).
+    `tool_calls=True` (chat only): turns are TRL-style tool calls with the tool schemas in the prompt, as
+    `train --mode agentic` trains them (`env.AgentEnv` docstring) — how an agentic-trained adapter is evaluated.
     """
     from arftlib.rollout import load_policy_for_eval
 
     if protocol not in ("tags", "chat"):
         raise ValueError(f"protocol must be 'tags' or 'chat' (the direct baseline is direct_baseline=True), "
                          f"not {protocol!r}")
+    if tool_calls and protocol != "chat":
+        raise ValueError("tool_calls=True needs protocol='chat' (TRL's tool loop is a chat)")
     t0 = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -395,13 +400,16 @@ def run_eval(
     env_kwargs = dict(search_backend=search_backend, search_options=dict(search_options or {}), search_k=search_k,
                       sandbox_timeout_s=sandbox_timeout_s, sandbox_memory_mb=sandbox_memory_mb,
                       work_dir=str(out / ".work"))
+    if tool_calls:
+        env_kwargs["tool_calls"] = True
     common = dict(max_turns=max_turns, image_budget=image_budget, batch_size=batch_size, sequential=sequential,
                   env_kwargs=env_kwargs, tool_workers=tool_workers, progress=progress)
 
     trajs, records, roll = _one_run(tasks, policy, protocol, out, run="agent", **common)
     rows = group_table(tasks, records, benchmark, run="agent", n_boot=n_boot, ci=ci, seed=seed)
     summary: dict[str, Any] = {
-        "benchmark": benchmark, "data": str(data), "model": model, "protocol": protocol, "n": len(tasks),
+        "benchmark": benchmark, "data": str(data), "model": model, "protocol": protocol, "tool_calls": tool_calls,
+        "n": len(tasks),
         "split": split, "max_turns": max_turns, "image_budget": image_budget, "batch_size": batch_size,
         "max_new_tokens": max_new_tokens, "temperature": temperature, "search_backend": search_backend,
         "n_boot": n_boot, "ci": ci, "seed": seed,
@@ -413,7 +421,8 @@ def run_eval(
     }
     if direct_baseline:
         d_out = out / "direct"
-        d_common = dict(common, max_turns=1)
+        d_env = {k: v for k, v in env_kwargs.items() if k != "tool_calls"}  # no tools in the direct baseline
+        d_common = dict(common, max_turns=1, env_kwargs=d_env)
         d_trajs, d_records, d_roll = _one_run(tasks, policy, "direct", d_out, run="direct", **d_common)
         d_rows = group_table(tasks, d_records, benchmark, run="direct", n_boot=n_boot, ci=ci, seed=seed)
         rows += d_rows
@@ -437,6 +446,8 @@ def add_eval_arguments(p: Any) -> None:
     p.add_argument("--data", required=True, help="benchmark file or folder (a build folder for synth-*)")
     p.add_argument("--model", required=True, help="hub id, local folder, 'tiny', or 'oracle' (gold chains)")
     p.add_argument("--protocol", default="tags", choices=["tags", "chat"])
+    p.add_argument("--tool-calls", action="store_true", help="chat turns as TRL tool calls, tool schemas in the "
+                   "prompt (how `train --mode agentic` trains; use it to evaluate agentic adapters)")
     p.add_argument("--out", required=True, help="output folder (results.json, scores.json, table.*, trajectories/)")
     p.add_argument("--direct-baseline", action="store_true", help="also run the no-tool direct-answer baseline")
     p.add_argument("--split", default=None, help="only tasks of this split (e.g. test)")
@@ -481,7 +492,7 @@ def eval_from_args(args: Any) -> dict[str, Any]:
         args.benchmark, args.data, args.model, args.protocol, args.out, direct_baseline=args.direct_baseline,
         split=args.split, limit=args.limit, offset=args.offset, image_root=args.image_root,
         max_turns=args.max_turns, image_budget=args.image_budget, batch_size=args.batch_size,
-        sequential=args.sequential, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+        sequential=args.sequential, tool_calls=args.tool_calls, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
         top_p=args.top_p, use_vllm=args.vllm, load_kwargs=load_kwargs or None, search_backend=args.search_backend,
         search_options=search_options, search_k=args.search_k, sandbox_timeout_s=args.sandbox_timeout,
         tool_workers=args.tool_workers, n_boot=args.n_boot, seed=args.seed, progress=not args.no_progress,

@@ -57,6 +57,8 @@ reference's exact regexes for code that needs byte-faithful behaviour.
 from __future__ import annotations
 
 import re
+import json
+from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from arftlib.types import ACTION_KINDS, DEGRADATIONS, TASK_KINDS, Action
@@ -73,6 +75,8 @@ __all__ = [
     "format_ok",
     "parse_action",
     "parse_diagnosis",
+    "parse_tool_call",
+    "ToolCall",
     "reference_answer",
     "reference_code",
     "reference_problems",
@@ -515,3 +519,54 @@ def apply_reference_crop(code: str, pixel_box: tuple[int, int, int, int]) -> str
 
 
 assert set(ACTION_TAGS) | {"invalid"} == set(ACTION_KINDS)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# TRL / Qwen tool calls (the `chat` protocol with tool calls: what agentic training samples)
+# --------------------------------------------------------------------------------------------------------------
+_TOOL_CALL_RE = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
+
+
+@dataclass
+class ToolCall:
+    """One `<tool_call>{"name": …, "arguments": {…}}</tool_call>` of a model turn; `error` says why it could not
+    be read (then `name`/`arguments` are what could be read, possibly empty)."""
+
+    name: str = ""
+    arguments: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    count: int = 1  # tool-call blocks in the turn (only the first is acted on)
+
+
+def parse_tool_call(text: Any) -> ToolCall | None:
+    r"""The first tool call of a turn in the Qwen/Hermes format TRL's tool loop parses (`<tool_call>` + JSON with
+    `name` and `arguments`, arguments as an object or a JSON string), or None when the turn holds no
+    `<tool_call>` at all. Never raises.
+
+    >>> parse_tool_call('<think> dark </think>\\n<tool_call>{"name": "diagnose", "arguments": {"problem": "dark"}}</tool_call>')
+    ToolCall(name='diagnose', arguments={'problem': 'dark'}, error=None, count=1)
+    >>> parse_tool_call("<tool_call>{'name': 1}</tool_call>").error
+    'the tool call is not valid JSON'
+    >>> parse_tool_call("<answer> 42 </answer>") is None
+    True
+    """
+    if not isinstance(text, str) or "<tool_call>" not in text:
+        return None
+    blocks = _TOOL_CALL_RE.findall(text)
+    if not blocks:
+        return ToolCall(error="unclosed <tool_call>")
+    try:
+        obj = json.loads(blocks[0].strip())
+    except (ValueError, RecursionError):
+        return ToolCall(error="the tool call is not valid JSON", count=len(blocks))
+    if not isinstance(obj, dict) or not isinstance(obj.get("name"), str) or not obj["name"].strip():
+        return ToolCall(error='the tool call needs a "name" (a string)', count=len(blocks))
+    args = obj.get("arguments", {})
+    if isinstance(args, str):
+        try:
+            args = json.loads(args) if args.strip() else {}
+        except (ValueError, RecursionError):
+            return ToolCall(name=obj["name"], error="the tool call's arguments are not valid JSON", count=len(blocks))
+    if not isinstance(args, dict):
+        return ToolCall(name=obj["name"], error='the tool call\'s "arguments" must be an object', count=len(blocks))
+    return ToolCall(name=obj["name"].strip(), arguments=args, count=len(blocks))

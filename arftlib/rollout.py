@@ -70,6 +70,7 @@ __all__ = [
     "VLLMPolicy",
     "bench_rollout",
     "fixture_tasks",
+    "gold_tool_turns",
     "gold_turns",
     "load_policy_for_eval",
     "run_episodes",
@@ -100,6 +101,7 @@ class EpisodeContext:
     turn: int
     episode_id: str
     protocol: str
+    tool_calls: bool = False  # chat turns are TRL-style tool calls (prompt rendered with the tool schemas)
 
 
 class Policy(Protocol):
@@ -128,6 +130,27 @@ def gold_turns(task: Task) -> list[str]:
     return turns
 
 
+def gold_tool_turns(task: Task) -> list[str]:
+    """The gold chain as TRL-style tool-call turns (`<think> … </think>` + one `<tool_call>` JSON block, the
+    form Qwen's template renders): problem → `diagnose`, code → `run_code`, search → `search`, answer →
+    `answer`."""
+    import json
+
+    from arftlib.parse import parse_action
+
+    names = {"problem": ("diagnose", "problem"), "code": ("run_code", "code"), "search": ("search", "query"),
+             "answer": ("answer", "answer")}
+    turns = []
+    for step, text in zip(task.gold_chain or [], gold_turns(task)):
+        action = parse_action(text)
+        if action.kind not in names:
+            raise ValueError(f"task {task.id!r}: gold step {step.get('action')!r} has no tool-call form")
+        name, arg = names[action.kind]
+        call = json.dumps({"name": name, "arguments": {arg: action.content}}, ensure_ascii=False)
+        turns.append(f"<think> {action.think} </think>\n<tool_call>\n{call}\n</tool_call>")
+    return turns
+
+
 def _gold_answer(task: Task) -> str:
     for step in reversed(task.gold_chain or []):
         if isinstance(step, Mapping) and step.get("action") == "answer":
@@ -145,16 +168,16 @@ class ScriptedPolicy:
     def __init__(self, turns: Mapping[str, Sequence[str]] | None = None, *, fallback: str = ""):
         self.turns = {str(k): list(v) for k, v in (turns or {}).items()}
         self.fallback = fallback
-        self._cache: dict[str, list[str]] = {}
+        self._cache: dict[tuple[str, bool], list[str]] = {}
         self.calls = 0
 
-    def script(self, task: Task) -> list[str]:
+    def script(self, task: Task, tool_calls: bool = False) -> list[str]:
         key = str(task.id)
         if key in self.turns:
             return self.turns[key]
-        if key not in self._cache:
-            self._cache[key] = gold_turns(task)
-        return self._cache[key]
+        if (key, tool_calls) not in self._cache:
+            self._cache[(key, tool_calls)] = gold_tool_turns(task) if tool_calls else gold_turns(task)
+        return self._cache[(key, tool_calls)]
 
     def generate(self, batch: Sequence[list[dict[str, Any]]],
                  contexts: Sequence[EpisodeContext] | None = None) -> list[Generation]:
@@ -166,7 +189,7 @@ class ScriptedPolicy:
             if ctx.protocol == "direct":
                 text = _gold_answer(ctx.task)
             else:
-                script = self.script(ctx.task)
+                script = self.script(ctx.task, ctx.tool_calls)
                 text = script[ctx.turn] if ctx.turn < len(script) else self.fallback
             out.append(Generation(text=text))
         return out
@@ -250,12 +273,25 @@ class HFPolicy:
         if seed is not None:
             torch.manual_seed(int(seed))
         self.calls = 0
+        self._tools: list[Any] | None = None
         self.engine = None
         if kv_reuse:
             from arftlib.kv_reuse import KVReuseEngine, supports_kv_reuse
 
             if supports_kv_reuse(model):
                 self.engine = KVReuseEngine(model, processor, budget_tokens=kv_budget_tokens)
+
+    def chat_text(self, messages: list[dict[str, Any]], context: EpisodeContext | None = None) -> str:
+        """The prompt text: the processor's chat template, with the environment's tool schemas when the episode
+        runs TRL-style tool calls (as TRL renders the prompt in agentic training)."""
+        tools = None
+        if context is not None and context.tool_calls:
+            if self._tools is None:
+                from arftlib.env import tool_functions
+
+                self._tools = tool_functions()
+            tools = self._tools
+        return self.processor.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=True)
 
     def without_kv_reuse(self) -> "HFPolicy":
         """The same model and settings, re-encoding every prompt with `model.generate` (the reference way)."""
@@ -322,10 +358,11 @@ class HFPolicy:
         step = self.max_batch_size or len(batch)
         out: list[Generation] = []
         for i in range(0, len(batch), step):
-            if self.engine is not None and contexts is not None:
-                out.extend(self._generate_reusing(batch[i:i + step], list(contexts[i:i + step])))
+            ctx = list(contexts[i:i + step]) if contexts is not None else None
+            if self.engine is not None and ctx is not None:
+                out.extend(self._generate_reusing(batch[i:i + step], ctx))
             else:
-                out.extend(self._generate(batch[i:i + step]))
+                out.extend(self._generate(batch[i:i + step], ctx))
         return out
 
     def _generate_reusing(self, batch: list[list[dict[str, Any]]], contexts: list[EpisodeContext]) -> list[Generation]:
@@ -334,9 +371,8 @@ class HFPolicy:
         eng = self.engine
         assert eng is not None
         prompts = []
-        for m in batch:
-            text = self.processor.apply_chat_template(m, tokenize=False, add_generation_prompt=True)
-            prompts.append(eng.prepare(text, _images_of(m)))
+        for m, c in zip(batch, contexts):
+            prompts.append(eng.prepare(self.chat_text(m, c), _images_of(m)))
         results = eng.generate(prompts, [c.episode_id for c in contexts], max_new_tokens=self.max_new_tokens,
                                eos_ids=self.eos_ids, pad_id=self.pad_id, logits_processor=self.logits_processor(),
                                do_sample=self.temperature > 0)
@@ -348,13 +384,14 @@ class HFPolicy:
                                    image_tokens=p.image_tokens, seconds=dt / len(results), reused_tokens=reused))
         return gens
 
-    def _generate(self, batch: list[list[dict[str, Any]]]) -> list[Generation]:
+    def _generate(self, batch: list[list[dict[str, Any]]],
+                  contexts: list[EpisodeContext] | None = None) -> list[Generation]:
         import torch
 
         t0 = time.perf_counter()
         self.calls += 1
         cache: dict[str, Any] = {}
-        texts = [self.processor.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in batch]
+        texts = [self.chat_text(m, contexts[i] if contexts is not None else None) for i, m in enumerate(batch)]
         images = [_load_image(x, cache) for m in batch for x in _images_of(m)]
         inputs = self.processor(text=texts, images=images or None, padding=True, return_tensors="pt")
         inputs = inputs.to(self.model.device)
@@ -432,6 +469,9 @@ class VLLMPolicy:
         batch = list(batch)
         if not batch:
             return []
+        if contexts is not None and any(c.tool_calls for c in contexts):
+            raise NotImplementedError("tool-call episodes (chat with tool_calls=True) are not wired to vLLM here; "
+                                      "evaluate them with HFPolicy")
         t0 = time.perf_counter()
         self.calls += 1
         cache: dict[str, Any] = {}
@@ -556,7 +596,7 @@ def run_episodes(
 
     def context(env: AgentEnv) -> EpisodeContext:
         return EpisodeContext(task=env.task, turn=len(env.trajectory.steps), episode_id=env.trajectory.episode_id,
-                              protocol=env.protocol)
+                              protocol=env.protocol, tool_calls=getattr(env, "tool_calls", False))
 
     def act(env: AgentEnv, g: Generation) -> None:
         env.step(g.text, prompt_tokens=g.prompt_tokens, completion_tokens=g.completion_tokens,

@@ -49,7 +49,8 @@ step-wise rows, seeded sampling), `learning_demo` (warm start → GRPO → held-
 
 What it leaves out: reward models (all rewards are rule-based), the tag protocol inside TRL's tool loop (TRL
 parses `<tool_call>` JSON; agentic mode trains the `chat` protocol, the `tags` protocol is trained step-wise),
-and benchmark evaluation (evaluate.py). GPU memory targets of the big profiles are not measured here (no GPU).
+and benchmark evaluation (evaluate.py; an agentic adapter is evaluated with `eval --protocol chat --tool-calls`,
+which renders and parses turns as TRL's loop does here). GPU memory targets of the big profiles are not measured here (no GPU).
 """
 
 from __future__ import annotations

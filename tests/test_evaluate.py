@@ -85,11 +85,14 @@ def builds(tmp_path_factory):
     return coding, search
 
 
-@pytest.mark.parametrize("kind,protocol", [("coding", "tags"), ("search", "tags"), ("coding", "chat"), ("search", "chat")])
+@pytest.mark.parametrize("kind,protocol", [("coding", "tags"), ("search", "tags"), ("coding", "chat"), ("search", "chat"),
+                                           ("coding", "chat-tool-calls"), ("search", "chat-tool-calls")])
 def test_oracle_on_procedural_builds(builds, tmp_path, kind, protocol):
     data = builds[0] if kind == "coding" else builds[1]
-    s = run_eval(f"synth-{kind}", data, "oracle", protocol, tmp_path / "out", n_boot=100, progress=False)
-    assert s["n"] == 8
+    tool_calls = protocol == "chat-tool-calls"  # TRL-style tool calls, as agentic training speaks them
+    s = run_eval(f"synth-{kind}", data, "oracle", "chat" if tool_calls else protocol, tmp_path / "out", n_boot=100,
+                 progress=False, tool_calls=tool_calls, direct_baseline=tool_calls)
+    assert s["n"] == 8 and s["tool_calls"] is tool_calls
     for variant in ("reference", "corrected"):
         assert s["agent"]["scores"][variant]["f1"] >= 99.0, s["agent"]
     assert s["agent"]["rollout"]["tool_errors"] == 0 and s["agent"]["rollout"]["invalid_turns"] == 0
@@ -98,6 +101,9 @@ def test_oracle_on_procedural_builds(builds, tmp_path, kind, protocol):
         assert ev["needed_passages_found_fraction"] == 1.0
     else:
         assert ev["code_all_ok_fraction"] == 1.0
+    if tool_calls:
+        with pytest.raises(ValueError, match="needs protocol='chat'"):
+            run_eval(f"synth-{kind}", data, "oracle", "tags", tmp_path / "bad", tool_calls=True)
 
 
 def test_tiny_model_eval_and_bench(builds, fixture, tmp_path):

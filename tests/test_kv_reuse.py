@@ -24,8 +24,8 @@ class _Probe:
 
     def generate(self, batch, contexts=None):
         got = self.policy.generate(batch, contexts)
-        for messages, g in zip(batch, got):
-            ref = self.reference.generate([messages])[0]
+        for messages, ctx, g in zip(batch, contexts, got):
+            ref = self.reference.generate([messages], [ctx])[0]  # model.generate (no cache), same prompt text
             assert g.prompt_tokens == ref.prompt_tokens and g.image_tokens == ref.image_tokens
             self.pairs.append((g.text, ref.text, g.prompt_tokens, g.reused_tokens))
         return self.oracle.generate(batch, contexts)
@@ -35,14 +35,16 @@ class _Probe:
 
 
 @pytest.mark.parametrize("arch", ["qwen2_5_vl", "qwen3_vl"])
-@pytest.mark.parametrize("protocol", ["tags", "chat"])
+@pytest.mark.parametrize("protocol", ["tags", "chat", "chat-tool-calls"])
 def test_reuse_matches_generate_on_growing_episodes(tasks, search, tmp_path, protocol, arch):
     name = "tiny" if arch == "qwen2_5_vl" else "tiny:qwen3_vl"
     policy = HFPolicy.from_pretrained(name, max_new_tokens=10, seed=0)
     assert policy.engine is not None
     probe = _Probe(policy)
+    tool_calls = protocol == "chat-tool-calls"
+    protocol = "chat" if tool_calls else protocol
     trajs = run_episodes(tasks, probe, protocol=protocol, max_turns=4, batch_size=4, progress=False,
-                         env_kwargs={"search": search, "work_dir": str(tmp_path)})
+                         env_kwargs={"search": search, "work_dir": str(tmp_path), "tool_calls": tool_calls})
     assert all(t.metrics["answered"] for t in trajs)  # the gold chains ran through the real tools
     assert len(probe.pairs) == sum(len(t.steps) for t in trajs)
     mismatched = [(a, b) for a, b, _, _ in probe.pairs if a != b]

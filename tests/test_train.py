@@ -170,6 +170,10 @@ def test_agentic_tool_tokens_are_masked_exactly(coding_data, tmp_path):
     b = T.build_trainer(cfg, "agentic", data=coding_data, out_dir=tmp_path)
     tr, proc = b.trainer, b.processor
     tok = proc.tokenizer
+    # the tools TRL offers (and renders into the prompt) are the ones evaluation renders with --tool-calls
+    from arftlib.env import tool_functions
+
+    assert [f.__name__ for f in next(iter(tr._env_tools.values()))] == [f.__name__ for f in tool_functions()]
     code = ("import cv2\nimg = cv2.imread('path_to_input_image.jpg')\n"
             "cv2.imwrite('path_to_output_image.jpg', cv2.rotate(img, cv2.ROTATE_90_CLOCKWISE))")
     call = json.dumps({"name": "run_code", "arguments": {"code": code}})

@@ -1,0 +1,103 @@
+"""The chat protocol in tool-call form (`AgentEnv(tool_calls=True)`): what `train --mode agentic` trains through
+TRL's tool loop, run by the evaluation loop — parsing, the oracle through the real tools, the prompt TRL renders,
+malformed calls. The `tasks` and `search` fixtures are in conftest.py."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from arftlib.env import AgentEnv, task_to_row, tool_functions
+from arftlib.parse import ToolCall, parse_tool_call
+from arftlib.rollout import EpisodeContext, ScriptedPolicy, gold_tool_turns, run_episodes, summarize
+
+
+@pytest.mark.parametrize("text, expected", [
+    ('<tool_call>\n{"name": "search", "arguments": {"query": "Paris"}}\n</tool_call>',
+     ToolCall(name="search", arguments={"query": "Paris"})),
+    ('<think> x </think><tool_call>{"name": "answer", "arguments": "{\\"answer\\": \\"4\\"}"}</tool_call>',
+     ToolCall(name="answer", arguments={"answer": "4"})),
+    ('<tool_call>{"name": "a", "arguments": {}}</tool_call><tool_call>{"name": "b"}</tool_call>',
+     ToolCall(name="a", arguments={}, count=2)),
+])
+def test_parse_tool_call_reads_the_first_call(text, expected):
+    assert parse_tool_call(text) == expected
+
+
+@pytest.mark.parametrize("text, error", [
+    ("<tool_call>{not json}</tool_call>", "not valid JSON"),
+    ('<tool_call>{"arguments": {}}</tool_call>', '"name"'),
+    ('<tool_call>{"name": "search", "arguments": [1]}</tool_call>', "must be an object"),
+    ('<tool_call>{"name": "search", "arguments": "{oops"}</tool_call>', "arguments are not valid JSON"),
+    ('<tool_call>{"name": "search"', "unclosed"),
+])
+def test_parse_tool_call_explains_what_is_wrong(text, error):
+    call = parse_tool_call(text)
+    assert call is not None and error in call.error
+
+
+@pytest.mark.parametrize("junk", [None, b"<tool_call>", 3, "", "<answer> 4 </answer>", "\udcff" * 10])
+def test_parse_tool_call_never_raises(junk):
+    assert parse_tool_call(junk) is None
+
+
+def test_oracle_through_tool_calls_scores_full_marks(tasks, search, tmp_path):
+    trajs = run_episodes(tasks, ScriptedPolicy(), protocol="chat", progress=False,
+                         env_kwargs={"search": search, "tool_calls": True, "work_dir": str(tmp_path)})
+    s = summarize(trajs)
+    assert s["f1"] == 100.0 and s["em"] == 100.0 and s["answered"] == len(tasks)
+    assert s["invalid_turns"] == 0 and s["tool_errors"] == 0 and s["code_runs"] > 0 and s["searches"] > 0
+    for t in trajs:
+        for step in t.steps:
+            assert "<tool_call>" in step.model_text  # the whole turn is recorded, not a re-rendered call
+
+
+def test_the_prompt_is_what_trl_renders_and_tool_turns_carry_images(tasks, tmp_path):
+    from arftlib.rollout import HFPolicy
+
+    policy = HFPolicy.from_pretrained("tiny", max_new_tokens=4)
+    task = tasks[0]  # a coding task whose gold chain runs code
+    env = AgentEnv(protocol="chat", tool_calls=True, work_dir=str(tmp_path))
+    env.reset(task=task)
+    ctx = EpisodeContext(task, 0, "e", "chat", tool_calls=True)
+    ours = policy.chat_text(env.messages, ctx)
+    row = task_to_row(task, "chat")  # TRL: the row's prompt with the environment's methods as tools
+    theirs = policy.processor.apply_chat_template(row["prompt"], tools=tool_functions(), tokenize=False,
+                                                  add_generation_prompt=True)
+    assert ours == theirs and "<tools>" in ours and '"name": "run_code"' in ours
+    for turn in gold_tool_turns(task)[:2]:  # diagnose, then run_code
+        env.step(turn)
+    text = policy.chat_text(env.messages, ctx)
+    tail = text[text.rindex("<tool_response>"):]
+    assert tail.startswith("<tool_response>\n<|vision_start|><|image_pad|><|vision_end|>The code ran.")
+    assert env.messages[-1]["role"] == "tool"
+    # without tool calls the prompt carries no tool schemas
+    assert "<tools>" not in policy.chat_text(env.messages, EpisodeContext(task, 0, "e", "chat"))
+
+
+def test_malformed_unknown_and_missing_calls(tasks, tmp_path):
+    env = AgentEnv(protocol="chat", tool_calls=True, work_dir=str(tmp_path))
+    env.reset(task=tasks[0])
+    obs = env.step("<tool_call>{bad json}</tool_call>")
+    assert env.trajectory.steps[-1].action.kind == "invalid" and "not valid JSON" in obs.text and not env.done
+    obs = env.step('<tool_call>{"name": "rotate", "arguments": {}}</tool_call>')
+    assert "unknown tool 'rotate'" in obs.text and not env.done
+    env.step('<tool_call>{"name": "search", "arguments": {"query": "x"}}</tool_call>')  # not a coding tool
+    assert "not available for coding" in env.trajectory.steps[-1].action.error
+    env.step("I think the answer is 42.")  # no tool call: TRL's loop would stop here, so does the episode
+    assert env.done and env.trajectory.steps[-1].action.kind == "invalid"
+    assert env.trajectory.metrics["invalid_turns"] == 4 and env.trajectory.final_answer in (None, "")
+    env.reset(task=tasks[0])
+    env.step("<think> sure </think>\n<answer> " + tasks[0].answers[0] + " </answer>")  # an answer without a call
+    assert env.done and env.trajectory.metrics["f1"] == 1.0
+    with pytest.raises(ValueError, match="tool_calls=True"):
+        AgentEnv(protocol="tags", tool_calls=True)
+
+
+def test_gold_tool_turns_are_json_calls(tasks):
+    for task in tasks:
+        for turn in gold_tool_turns(task):
+            call = parse_tool_call(turn)
+            assert call is not None and call.error is None and call.name in {f.__name__ for f in tool_functions()}
+            assert json.loads(turn[turn.index("{"):turn.rindex("}") + 1])["name"] == call.name
