@@ -30,7 +30,9 @@ Protocols (`protocol=`; see prompts.py)
     the prompt is rendered with the tool schemas (`tool_functions()`, TRL passes the same methods), a turn
     acts through its first `<tool_call>{"name": …, "arguments": …}</tool_call>` (`parse.parse_tool_call`),
     the result comes back as a `tool` turn, and a turn without a tool call ends the episode (an `<answer>`
-    in it is the answer), as TRL's loop ends there. This is how an agentic-trained adapter is evaluated.
+    in it is the answer), as TRL's loop ends there — that last turn is recorded for viewing after the
+    episode closed, so metrics and rubric rewards (`rubric=`) count it exactly as training does (not at all).
+    This is how an agentic-trained adapter is evaluated.
   * `direct` — the no-tool baseline: one turn, the whole turn is the answer (the reference's "direct
     inference" scripts score the raw output).
 
@@ -584,15 +586,22 @@ class AgentEnv:
         """A chat turn in tool-call form: its first `<tool_call>` runs like TRL's loop runs it; a malformed call
         is an invalid turn (the reason comes back as the tool turn); no call ends the episode."""
         call = parse_tool_call(model_text)
-        if call is None:  # TRL's loop stops at a turn without a tool call: act on an <answer>, then end
+        if call is None:  # TRL's loop stops at a turn without a tool call: what `finish` does in training
+            n_steps = len(self.trajectory.steps)
+            self.finish(model_text)  # an <answer> in it is the answer; else the episode closes unanswered
+            if len(self.trajectory.steps) > n_steps:
+                return self.trajectory.steps[-1].observation or Observation(kind="none")
+            # shown, not scored (metrics and rubric were settled when the episode closed), as the training log
+            # shows the last turn of a TRL rollout
             action = parse_action(model_text, policy=self.parse_policy)
             if action.kind != "answer":
                 action = Action(kind="invalid", think=action.think, raw=model_text,
-                                error="no tool call (the turn ends the episode)")
-            obs = self._act(action, model_text, gen)
-            if not self._done:
-                self._end()
-            return obs
+                                error="no tool call: the episode ended here (not scored, as in training)")
+            self.trajectory.steps.append(Step(turn=n_steps, model_text=model_text, action=action,
+                                              prompt_tokens=int(gen.get("prompt_tokens", 0)),
+                                              completion_tokens=int(gen.get("completion_tokens", 0)),
+                                              generate_s=float(gen.get("generate_s", 0.0))))
+            return Observation(kind="none")
         kind = _TOOL_KINDS.get(call.name)
         if call.error is None and kind is None:
             call.error = f"unknown tool {call.name!r}; the tools are {', '.join(TOOL_METHODS)}"

@@ -288,7 +288,9 @@ class HFPolicy:
         if context is not None and context.tool_calls:
             if self._tools is None:
                 from arftlib.env import tool_functions
+                from arftlib.models import ensure_tool_chat_template
 
+                ensure_tool_chat_template(self.processor)  # as training does (stock Qwen2.5-VL cannot render tools)
                 self._tools = tool_functions()
             tools = self._tools
         return self.processor.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=True)

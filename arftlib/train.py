@@ -1064,14 +1064,18 @@ def sft_warm_start(cfg: "RunConfig", dataset: Any, out_dir: str | os.PathLike, *
                    modules_to_save: Sequence[str] | None = None, full: bool = False) -> dict[str, Any]:
     """A short supervised warm start on gold steps with TRL's `SFTTrainer` (LoRA from `cfg`), loss on the
     completion only. `dataset` holds step-wise rows (`prompt`, `image`, `solution`); the gold step
-    (`solution`) becomes the assistant completion. Saves the adapter to `out_dir` and returns
+    (`solution`) becomes the assistant completion — or rows that already have `completion` (then `prompt` and
+    `completion` are used as they are, e.g. chat-templated text ending in `<|im_end|>`). Saves the adapter to `out_dir` and returns
     `{"adapter": path, "steps", "seconds", "loss"}`."""
     from trl import SFTConfig, SFTTrainer
 
     from arftlib.models import resolve_model_path
 
     out = Path(out_dir)
-    ds = dataset.map(lambda r: {"completion": [{"role": "assistant", "content": r["solution"]}]})
+    if "completion" in dataset.column_names:  # already prompt/completion (e.g. rendered text with tool schemas)
+        ds = dataset
+    else:
+        ds = dataset.map(lambda r: {"completion": [{"role": "assistant", "content": r["solution"]}]})
     ds = ds.select_columns(["prompt", "completion", "image"])
     path = resolve_model_path(f"tiny:{cfg.arch}" if (model or cfg.model_id) == "tiny" else (model or cfg.model_id))
     processor = _load_processor(path, cfg, "stepwise")

@@ -87,7 +87,9 @@ def test_malformed_unknown_and_missing_calls(tasks, tmp_path):
     assert "not available for coding" in env.trajectory.steps[-1].action.error
     env.step("I think the answer is 42.")  # no tool call: TRL's loop would stop here, so does the episode
     assert env.done and env.trajectory.steps[-1].action.kind == "invalid"
-    assert env.trajectory.metrics["invalid_turns"] == 4 and env.trajectory.final_answer in (None, "")
+    assert env.trajectory.steps[-1].model_text == "I think the answer is 42."  # shown ...
+    assert env.trajectory.metrics["invalid_turns"] == 3 and env.trajectory.final_answer in (None, "")  # not scored
+    assert env.trajectory.metrics["turns"] == 3
     env.reset(task=tasks[0])
     env.step("<think> sure </think>\n<answer> " + tasks[0].answers[0] + " </answer>")  # an answer without a call
     assert env.done and env.trajectory.metrics["f1"] == 1.0
@@ -101,3 +103,17 @@ def test_gold_tool_turns_are_json_calls(tasks):
             call = parse_tool_call(turn)
             assert call is not None and call.error is None and call.name in {f.__name__ for f in tool_functions()}
             assert json.loads(turn[turn.index("{"):turn.rindex("}") + 1])["name"] == call.name
+
+
+def test_sft_rows_are_the_prompt_trl_renders(tasks):
+    from arftlib.agentic_demo import tool_call_sft_dataset
+    from arftlib.models import load_policy
+
+    _, processor = load_policy("tiny")
+    coding = [t for t in tasks if t.kind == "coding"][:2]
+    ds = tool_call_sft_dataset(coding, processor, 112)
+    row = ds[0]
+    assert "<tools>" in row["prompt"] and row["prompt"].count("<|image_pad|>") == 1
+    assert row["prompt"].endswith("<|im_start|>assistant\n")
+    assert row["completion"].endswith("<|im_end|>") and parse_tool_call(row["completion"]).name == "diagnose"
+    assert row["image"].size == (112, 112)

@@ -308,3 +308,21 @@ def test_learning_demo_full(tmp_path):
     assert r["adapter_changed"]
     assert r["heldout_reward_after"] - r["heldout_reward_before"] >= 0.15, r
     assert r["run_s"] <= 600, r  # warm start + GRPO + both evaluations (the data build is reported apart)
+
+
+def test_agentic_learning_demo_runs_end_to_end(tmp_path):
+    """The agentic experiment's pipeline, tiny: warm start on the diagnose tool call, held-out tool-call
+    episodes, agentic GRPO, the same episodes again. (It measures; it does not show learning yet — see
+    arftlib/agentic_demo.py for the figures.)"""
+    from arftlib.agentic_demo import agentic_learning_demo
+
+    r = agentic_learning_demo(tmp_path / "demo", n_tasks=24, sft_steps=2, grpo_steps=1, heldout_tasks=2,
+                              samples_per_task=1, config_overrides={"per_device_train_batch_size": 8,
+                                                                    "num_generations": 4})
+    assert r["sft"]["steps"] == 2 and r["grpo_steps"] == 1 and r["n_heldout_tasks"] == 2
+    for when in ("before", "after"):  # both evaluations ran the same live tool-call episodes
+        assert r[f"rollout_{when}"]["episodes"] == 2
+        assert "diagnosis" in r[f"components_{when}"] and "wasted_turns" in r[f"components_{when}"]
+    assert r["gain"] == pytest.approx(r["heldout_reward_after"] - r["heldout_reward_before"])
+    assert json.loads((tmp_path / "demo" / "metrics.json").read_text())["n_train_tasks"] == r["n_train_tasks"]
+    assert (tmp_path / "demo" / "grpo" / "final" / "adapter_config.json").is_file()
