@@ -14,6 +14,16 @@
    fresh LoRA adapter on the warm start.
 4. "after": the same held-out episodes, same seed, with the adapter.
 
+Measured (tiny-cpu, 2 CPU cores, 120 tasks of which 96 train; 24 held-out tasks × 4 sampled episodes; warm start
+240 SFT steps, final loss 0.064; `max_turns=2`): the agentic pipeline runs end to end and the adapter changes, but
+GRPO does NOT show learning yet — 60 steps (4.6–5.0 s/step) gave −0.053 → −0.026 (+0.027; diagnosis 0.021 →
+0.042, format 0.146 → 0.224) at temperature 1.0, +0.016 at 0.7, −0.021 after 20 steps; the training reward stays
+flat at ~0.01–0.05 with half the GRPO groups at zero variance. Why, as far as measured: the warm-started policy
+rarely writes a well-formed diagnose call (JSON inside `<tool_call>` is ~70 tokens that must all be right; format
+0.11–0.20 before), its entropy is low (0.03 at T=0.7, 0.14 at T=1.0), and the correct diagnosis is rare (2 %), so
+few groups carry a signal. Next things to try: warm start on fewer steps (more diverse), shorter think text, a
+larger weight on diagnosis/format for this experiment, more GRPO steps.
+
 What it leaves out: code and answer turns in the warm start (the tiny tokenizer spends ~210 tokens on a gold
 code turn; only the diagnosis is taught, the rest of the episode is left to GRPO and the rubric), search tasks,
 and any claim about real models — this checks that the agentic pipeline moves a policy in the right direction.
