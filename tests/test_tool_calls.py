@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from arftlib.env import AgentEnv, task_to_row, tool_functions
 from arftlib.parse import ToolCall, parse_tool_call
@@ -117,3 +119,19 @@ def test_sft_rows_are_the_prompt_trl_renders(tasks):
     assert row["prompt"].endswith("<|im_start|>assistant\n")
     assert row["completion"].endswith("<|im_end|>") and parse_tool_call(row["completion"]).name == "diagnose"
     assert row["image"].size == (112, 112)
+
+
+_PIECES = ["<tool_call>", "</tool_call>", "{", "}", '"name"', '"arguments"', ":", ",", '"diagnose"', '"search"',
+           '"{\\"query\\": 1}"', "[", "]", "null", "\n", "<think>", "</think>", "\\", '"', "1e999", "{}" * 50]
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.one_of(st.sampled_from(_PIECES), st.text(max_size=8)), max_size=40))
+def test_parse_tool_call_never_raises_on_mangled_calls(parts):
+    text = "".join(parts)
+    call = parse_tool_call(text)
+    if "<tool_call>" not in text:
+        assert call is None
+    else:
+        assert isinstance(call, ToolCall) and (call.error is not None or (call.name and isinstance(call.arguments,
+                                                                                                   dict)))
