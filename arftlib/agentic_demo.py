@@ -21,7 +21,9 @@ GRPO does NOT show learning yet — 60 steps (4.6–5.0 s/step) gave −0.053 �
 flat at ~0.01–0.05 with half the GRPO groups at zero variance. Why, as far as measured: the warm-started policy
 rarely writes a well-formed diagnose call (JSON inside `<tool_call>` is ~70 tokens that must all be right; format
 0.11–0.20 before), its entropy is low (0.03 at T=0.7, 0.14 at T=1.0), and the correct diagnosis is rare (2 %), so
-few groups carry a signal. Next things to try: warm start on fewer steps (more diverse), shorter think text, a
+few groups carry a signal. With learning_rate 3e-3 (80 steps) the policy collapsed into NOT calling tools: format
+and diagnosis fell to 0 while the wasted-turn penalty halved (0.86 → 0.42) — the total rose (+0.011) by avoiding the
+penalty, a reward-design warning for the agentic rubric when its positive components are rare. Next things to try: warm start on fewer steps (more diverse), shorter think text, a
 larger weight on diagnosis/format for this experiment, more GRPO steps.
 
 What it leaves out: code and answer turns in the warm start (the tiny tokenizer spends ~210 tokens on a gold
