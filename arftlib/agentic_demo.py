@@ -113,19 +113,15 @@ def agentic_learning_demo(out_dir: str | os.PathLike = "runs/tiny-cpu/agentic-le
     docstring. `warm_start`: a model folder an earlier run's step 1 saved (`<out_dir>/warm_start/model`), reused
     instead of fine-tuning again (same data and settings assumed; recorded in the result). Returns `heldout_reward_before`, `heldout_reward_after`, `gain`, component means,
     `adapter_changed`, timings and the GRPO run summary; also written to `out_dir/metrics.json`."""
-    from arftlib.config import get_config
-    from arftlib.train import (LoraSnapshot, _load_processor, _max_abs_diff, _write_json, load_task_splits,
-                               make_dataset, sft_warm_start, train)
     from arftlib.models import resolve_model_path
+    from arftlib.train import (LoraSnapshot, _load_processor, _max_abs_diff, _write_json, demo_setup, make_dataset,
+                               sft_warm_start, train)
 
     t_start = time.perf_counter()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    over = {**AGENTIC_DEMO_CONFIG, **dict(config_overrides or {})}
-    cfg = get_config(profile, seed=seed, n_coding_tasks=n_tasks, **over)
     t0 = time.perf_counter()
-    train_tasks, test_tasks, source = load_task_splits(data, cfg, "coding", build_dir=out / "data",
-                                                       verify=verify_build)
+    out, cfg, over, train_tasks, test_tasks, source = demo_setup(
+        out_dir, profile, AGENTIC_DEMO_CONFIG, config_overrides, n_tasks=n_tasks, seed=seed, data=data,
+        verify_build=verify_build)
     test_tasks = test_tasks[:heldout_tasks]
     if not test_tasks:
         raise ValueError(f"no held-out (split 'test') tasks in {source}")

@@ -95,6 +95,7 @@ __all__ = [
     "grpo_config",
     "heldout_reward",
     "last_checkpoint",
+    "demo_setup",
     "learning_demo",
     "load_task_splits",
     "lora_config",
@@ -1120,6 +1121,23 @@ LEARNING_DEMO_CONFIG = dict(
 )
 
 
+def demo_setup(out_dir: str | os.PathLike, profile: str, demo_config: Mapping[str, Any],
+               config_overrides: Mapping[str, Any] | None, *, n_tasks: int, seed: int,
+               data: str | os.PathLike | None, verify_build: bool):
+    """What the learning demos share: the run folder, the profile with the demo's settings (then the caller's
+    overrides) applied, and the procedural coding tasks split into train / held-out.
+    Returns `(out, cfg, overrides, train_tasks, heldout_tasks, source)`."""
+    from arftlib.config import get_config
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    over = {**demo_config, **dict(config_overrides or {})}
+    cfg = get_config(profile, seed=seed, n_coding_tasks=n_tasks, **over)
+    train_tasks, heldout_tasks, source = load_task_splits(data, cfg, "coding", build_dir=out / "data",
+                                                          verify=verify_build)
+    return out, cfg, over, train_tasks, heldout_tasks, source
+
+
 def learning_demo(out_dir: str | os.PathLike = "runs/tiny-cpu/learning-demo", *, profile: str = "tiny-cpu",
                   n_tasks: int = 300, step_types: Sequence[str] = ("pre_problem",), sft_steps: int = 225,
                   sft_learning_rate: float = 3e-3, grpo_steps: int = 60, heldout_rows: int = 32,
@@ -1142,17 +1160,13 @@ def learning_demo(out_dir: str | os.PathLike = "runs/tiny-cpu/learning-demo", *,
     `adapter_changed` (the LoRA weights at the start vs the end of GRPO differ), `adapter_max_abs_diff`,
     timings (`build_s`, `sft_s`, `grpo_s`, `eval_s`, `run_s` = warm start + GRPO + both evaluations, `total_s`)
     and the GRPO run summary; also written to `out_dir/metrics.json`."""
-    from arftlib.config import get_config
     from arftlib.models import load_policy
 
     t_start = time.perf_counter()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    over = {**LEARNING_DEMO_CONFIG, **dict(config_overrides or {})}
-    cfg = get_config(profile, seed=seed, n_coding_tasks=n_tasks, **over)
     t0 = time.perf_counter()
-    train_tasks, heldout_tasks, source = load_task_splits(data, cfg, "coding", build_dir=out / "data",
-                                                          verify=verify_build)
+    out, cfg, over, train_tasks, heldout_tasks, source = demo_setup(
+        out_dir, profile, LEARNING_DEMO_CONFIG, config_overrides, n_tasks=n_tasks, seed=seed, data=data,
+        verify_build=verify_build)
     keep = set(step_types)
     train_ds = make_dataset(train_tasks, cfg, "stepwise").filter(lambda r: r["step_type"] in keep)
     test_ds = make_dataset(heldout_tasks, cfg, "stepwise", shuffle=False).filter(lambda r: r["step_type"] in keep)
