@@ -630,10 +630,9 @@ class AgentEnv:
         model text and its token counts are recorded)."""
         t = self._need_task()
         raw = _tool_raw({"code": "run_code", "problem": "diagnose"}.get(kind, kind), **arguments)
-        pending = getattr(self, "_pending_turn", None)
         gen: Mapping[str, Any] = {}
-        if pending is not None:
-            raw, gen = pending
+        if self._pending_turn is not None:
+            raw, gen = self._pending_turn
         if self._done:
             self.calls_after_end += 1
             return Observation(kind="text", text="The episode is over (answered or out of turns); no more tool calls.")

@@ -379,11 +379,12 @@ class KVReuseEngine:
         fed = [0] * B  # generated tokens fed back as input (their keys/values exist)
         generated: list[list[int]] = [[] for _ in range(B)]
         next_pos = torch.tensor([r.prompt.next_position for r in rows], dtype=torch.long)
-        history = self._history(rows, pad_id, logits_processor)
+        history = self._history(rows, pad_id, logits_processor)  # None: no processor reads the input ids
+        no_history = torch.zeros((B, 0), dtype=torch.long, device=device)
         for step in range(max_new):
             logits = logits.float()
             if logits_processor is not None:
-                logits = logits_processor(history.to(device), logits)
+                logits = logits_processor(history.to(device) if history is not None else no_history, logits)
             if do_sample:
                 tok = torch.multinomial(torch.softmax(logits, dim=-1), num_samples=1).squeeze(1)
             else:
@@ -402,12 +403,12 @@ class KVReuseEngine:
             for b in feed.nonzero().squeeze(1).tolist():
                 fed[b] += 1
             valid[:, write] = feed
-            history = torch.cat([history, tok.view(B, 1)], dim=1)
-            mask = valid[:, : write + 1].clone()
-            mask[:, write] = True  # a finished row's pad token attends to itself at least (no empty rows)
-            full = torch.zeros((B, valid.shape[1]), dtype=torch.bool)
-            full[:, : write + 1] = mask
-            out = self.model(input_ids=tok.view(B, 1).to(device), attention_mask=self._additive(full[:, None, None, :]),
+            if history is not None:
+                history = torch.cat([history, tok.view(B, 1)], dim=1)
+            allowed = valid.clone()  # positions past `write` are not written yet (False)
+            allowed[:, write] = True  # a finished row's pad token attends to itself at least (no empty rows)
+            out = self.model(input_ids=tok.view(B, 1).to(device),
+                             attention_mask=self._additive(allowed[:, None, None, :]),
                              position_ids=(next_pos + step).view(1, B, 1).expand(3, B, 1).to(device), cache=cache,
                              use_cache=True, logits_to_keep=1)
             logits = out.logits[:, -1]
@@ -426,14 +427,15 @@ class KVReuseEngine:
     @staticmethod
     def _history(rows: list[_Row], pad_id: int, logits_processor: Any):
         """What `logits_processor` sees as input ids: the prompts (left-padded) when a repetition penalty needs
-        them, else an empty column."""
+        them (the generated tokens are appended as decoding goes), else None."""
         import torch
+        from transformers import RepetitionPenaltyLogitsProcessor
 
-        if logits_processor is not None and any(type(p).__name__ == "RepetitionPenaltyLogitsProcessor"
+        if logits_processor is not None and any(isinstance(p, RepetitionPenaltyLogitsProcessor)
                                                 for p in logits_processor):
             width = max(len(r.prompt.ids) for r in rows)
             hist = torch.full((len(rows), width), pad_id, dtype=torch.long)
             for b, r in enumerate(rows):
                 hist[b, width - len(r.prompt.ids):] = torch.tensor(r.prompt.ids, dtype=torch.long)
             return hist
-        return torch.zeros((len(rows), 0), dtype=torch.long)
+        return None
