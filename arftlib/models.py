@@ -1,13 +1,19 @@
 """Policy models: load a Qwen2.5-VL / Qwen3-VL policy with its processor, and build a tiny one offline.
 
 What it does
-- `build_tiny_vlm(out_dir, arch, seed)` writes a *randomly initialised* tiny Qwen2.5-VL or Qwen3-VL (~0.3 M
-  parameters) with a real processor — a byte-level BPE tokenizer trained here on ~30 KB of generated
-  workbench text (questions, answers, OpenCV code, the action tags, digits), Qwen's special tokens with the
-  same spelling, the Qwen image + video processors with tiny pixel budgets, and a tool-capable chat template
+- `build_tiny_vlm(out_dir, arch, seed, size)` writes a *randomly initialised* tiny Qwen2.5-VL or Qwen3-VL with a
+  real processor. Two sizes (`TINY_SIZES`): `"toy"` (~0.2–0.3 M parameters, the fast unit tests' model) and
+  `"seeing"` (~4.9 M: text hidden 256 × 4 layers, ViT hidden 128 × 4 blocks, 16 image tokens per 112×112
+  image; big enough to learn the micro benchmarks' colour / shape / position questions in a minute or two of
+  supervised training on 2 CPU cores, see `experiments/micro_probe.py`). Both come with a byte-level BPE
+  tokenizer trained here on ~30 KB of generated workbench text (questions, answers, OpenCV code, the action
+  tags, digits), Qwen's special tokens with the same spelling, the Qwen image + video processors with tiny
+  pixel budgets (112×112 at most: 16 image tokens), and a tool-capable chat template
   (TRL's `qwen3_vl_chat_template`, byte-identical, so TRL's GRPOTrainer recognises it and parses
   `<tool_call>` blocks). The result loads offline with `AutoModelForImageTextToText` and `AutoProcessor`.
-  Same seed → identical files. `tiny_model_path(arch)` builds once into the cache and reuses the build.
+  Same seed → identical files. `tiny_model_path(arch, seed, size)` builds once into the cache and reuses the
+  build. The `seeing` tokenizer is trained on the same text plus the micro world's questions, answers, action
+  payloads and gold code lines (`arftlib.data.micro_coding` / `micro_search`), so a micro turn costs few tokens.
 - `load_policy(...)` loads a hub id, a local path or `"tiny"` (optionally 4-bit NF4 / 8-bit through
   bitsandbytes with the vision tower and `lm_head` kept unquantised, optionally with a saved LoRA adapter);
   `load_for_config(cfg)` does the same from a `RunConfig`; `lora_config_for(cfg)` targets the language
@@ -18,9 +24,9 @@ What it does
   template cannot render tool calls (stock Qwen2.5-VL).
 
 What it leaves out
-- The tiny model's weights are random: it exercises shapes, templates, masking, batching and the training
-  loop, never answer quality. Its vocabulary (~1 k tokens) is tiny, so it tokenises unseen text into many
-  byte-level pieces.
+- The tiny models' weights are random: `toy` exercises shapes, templates, masking, batching and the training
+  loop, never answer quality; `seeing` must be trained (cold-start SFT) before it answers anything. Their
+  vocabularies (~1–2 k tokens) are tiny, so they tokenise unseen text into many byte-level pieces.
 - No downloads are attempted beyond what `from_pretrained` does for a hub id; here the hub is unreachable,
   so hub ids fail with a message that says so. No vLLM, DeepSpeed or multi-GPU placement here (the trainer
   and `accelerate` own those); `device_map=None` means "CPU, or this process's GPU when CUDA is present".
@@ -49,7 +55,9 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 log = logging.getLogger(__name__)
 
 ARCHS = ("qwen2_5_vl", "qwen3_vl")
-TINY_MODEL_VERSION = 1  # bump when the tiny build changes; cached builds with another version are rebuilt
+TINY_MODEL_VERSION = 1  # bump when the toy build changes; cached builds with another version are rebuilt
+SEEING_MODEL_VERSION = 1  # the same for the `seeing` size (its own counter, so the toy cache survives changes)
+TINY_SIZES = ("toy", "seeing")  # see _SIZE_DIMS
 MARKER_FILE = "arft_tiny.json"  # written last: its presence means the build completed
 
 # Qwen's special tokens, spelled as the real checkpoints spell them. The first block is `special=True`
@@ -177,27 +185,60 @@ def _tokenizer_corpus() -> list[str]:
     return lines
 
 
-def _train_tokenizer():
-    """Byte-level BPE trained on `_tokenizer_corpus()`, Qwen's special tokens and the tags added on top."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+def _seeing_corpus() -> list[str]:
+    """The `seeing` tokenizer's extra text: the micro benchmarks' questions, answers, problem sets, search
+    queries, passages and gold code turns (generated from those modules with fixed seeds)."""
+    from arftlib.data import micro_coding, micro_search
+
+    return micro_coding.tokenizer_corpus() + micro_search.tokenizer_corpus()
+
+
+def _corpus_for(size: str) -> list[str]:
+    if size == "toy":
+        return _tokenizer_corpus()
+    if size == "seeing":
+        # the micro text weighted ×4 so its frequent pieces (tags, code lines, colour words) become merges
+        return _tokenizer_corpus() + _seeing_corpus() * 4
+    raise ValueError(f"unknown tiny-model size {size!r}; choose one of {', '.join(TINY_SIZES)}")
+
+
+def corpus_digest(size: str) -> str:
+    """SHA-256 of a size's tokenizer training text (the `seeing` marker records it: a changed micro world
+    rebuilds the cached model)."""
+    return hashlib.sha256("\n".join(_corpus_for(size)).encode("utf-8")).hexdigest()
+
+
+def _train_tokenizer(size: str = "toy"):
+    """Byte-level BPE trained on `_corpus_for(size)`, Qwen's special tokens and the tags added on top."""
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
     # Single-threaded training: reproducible, and no "forked after parallelism" warnings from later forks
     # (the code sandbox forks).
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     tok = Tokenizer(models.BPE())
-    # Digits are split one by one (as Qwen does), then GPT-2-style byte-level pre-tokenisation.
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
-    )
+    if size == "toy":
+        # Digits are split one by one (as Qwen does), then GPT-2-style byte-level pre-tokenisation.
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+        )
+    else:
+        # Words are whitespace-delimited chunks, punctuation included (a leading space or newline stays with
+        # the chunk that follows), so a frequent code line piece such as `cv2.imread('path_to_input_image.jpg')`
+        # or `shape?` can become ONE token; digits still one by one (as Qwen), then bytes without the GPT-2 regex.
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(r"\s+"), behavior="merged_with_next"),
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=1024,  # upper bound; a few KB of text yields fewer merges
+        vocab_size=_SIZE_DIMS[size]["vocab"],  # upper bound; a few KB of text yields fewer merges
         min_frequency=2,
         show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # all 256 bytes: any text is encodable
         special_tokens=[],
     )
-    tok.train_from_iterator(_tokenizer_corpus(), trainer=trainer)
+    tok.train_from_iterator(_corpus_for(size), trainer=trainer)
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in QWEN_SPECIAL_TOKENS])
     tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in QWEN_PLAIN_ADDED_TOKENS + TAG_TOKENS])
     return tok
@@ -207,17 +248,57 @@ def _train_tokenizer():
 # tiny model
 # --------------------------------------------------------------------------------------------------------------
 
-def _tiny_config(arch: str, tok) -> Any:
+# Per size: the knobs that differ (everything else is in _tiny_config). Head dims: text hidden / heads.
+_SIZE_DIMS: dict[str, dict[str, Any]] = {
+    "toy": dict(
+        vocab=1024,  # BPE vocabulary upper bound
+        hidden=64,  # text width; also what the vision merger must project to (out_hidden_size)
+        intermediate=128,  # SwiGLU MLP width (2 × hidden)
+        layers=2,  # two decoder layers: enough for KV-cache / layer-indexing bugs to show
+        heads=4,  # 4 query heads → head_dim 16
+        kv_heads=2,  # grouped-query attention (2 queries per KV head), as the real models
+        mrope_25=[2, 3, 3],  # Qwen2.5-VL M-RoPE (t, h, w) sections; sum = head_dim / 2 = 8
+        mrope_3=[4, 2, 2],  # Qwen3-VL interleaved M-RoPE sections; sum = 8
+        v_depth=2,  # ViT blocks
+        v_hidden=32,  # ViT width
+        v_intermediate=64,  # ViT MLP width
+        v_heads=2,  # ViT heads → head_dim 16
+        fullatt=[1],  # Qwen2.5-VL: the last block attends globally, the first in windows
+        deepstack=[0],  # Qwen3-VL: features of ViT block 0 are added into text layer 0
+    ),
+    "seeing": dict(
+        vocab=2048,  # room for the micro world's words and code lines as single tokens
+        hidden=256,  # text width (= merger output)
+        intermediate=768,  # SwiGLU MLP width (3 × hidden)
+        layers=4,  # decoder layers
+        heads=4,  # 4 query heads → head_dim 64
+        kv_heads=2,  # grouped-query attention
+        mrope_25=[8, 12, 12],  # sum = head_dim / 2 = 32 (the 3B's [16, 24, 24] halved)
+        mrope_3=[12, 10, 10],  # sum = 32
+        v_depth=4,  # ViT blocks
+        v_hidden=128,  # ViT width
+        v_intermediate=256,  # ViT MLP width (2 × hidden)
+        v_heads=4,  # ViT heads → head_dim 32
+        fullatt=[3],  # windows in blocks 0–2 (one 112-px window covers a whole 112×112 image anyway), global in 3
+        deepstack=[1],  # Qwen3-VL: ViT block 1 feeds text layer 0
+    ),
+}
+
+
+def _tiny_config(arch: str, tok, size: str = "toy") -> Any:
     """The tiny architecture. Every knob is commented; shapes mirror the real models where it matters."""
+    if size not in _SIZE_DIMS:
+        raise ValueError(f"unknown tiny-model size {size!r}; choose one of {', '.join(TINY_SIZES)}")
+    dims = _SIZE_DIMS[size]
     ids = {t: tok.token_to_id(t) for t in QWEN_SPECIAL_TOKENS}
     vocab_size = tok.get_vocab_size(with_added_tokens=True)  # exactly the tokenizer: no unsampleable ids
     common_text = dict(
         vocab_size=vocab_size,
-        hidden_size=64,  # text width; also what the vision merger must project to (out_hidden_size)
-        intermediate_size=128,  # SwiGLU MLP width (2 × hidden)
-        num_hidden_layers=2,  # two decoder layers: enough for KV-cache / layer-indexing bugs to show
-        num_attention_heads=4,  # 4 query heads → head_dim 16
-        num_key_value_heads=2,  # grouped-query attention (2 queries per KV head), as the real models
+        hidden_size=dims["hidden"],  # text width; also what the vision merger must project to (out_hidden_size)
+        intermediate_size=dims["intermediate"],  # SwiGLU MLP width
+        num_hidden_layers=dims["layers"],  # decoder layers
+        num_attention_heads=dims["heads"],  # query heads
+        num_key_value_heads=dims["kv_heads"],  # grouped-query attention (2 queries per KV head), as the real models
         max_position_embeddings=8192,  # room for multi-turn tool episodes
         rms_norm_eps=1e-6,  # as the real models
         initializer_range=0.02,  # default init scale
@@ -239,14 +320,14 @@ def _tiny_config(arch: str, tok) -> Any:
             common_text,
             hidden_act="silu",  # SwiGLU activation, as Qwen2.5
             use_sliding_window=False,  # full attention everywhere
-            # M-RoPE: rotary dims split over (time, height, width); must sum to head_dim / 2 = 8.
-            rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": [2, 3, 3]},
+            # M-RoPE: rotary dims split over (time, height, width); must sum to head_dim / 2.
+            rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": dims["mrope_25"]},
         )
         vision = dict(
-            depth=2,  # two ViT blocks
-            hidden_size=32,  # ViT width
-            intermediate_size=64,  # ViT SwiGLU MLP width
-            num_heads=2,  # ViT heads → head_dim 16
+            depth=dims["v_depth"],  # ViT blocks
+            hidden_size=dims["v_hidden"],  # ViT width
+            intermediate_size=dims["v_intermediate"],  # ViT SwiGLU MLP width
+            num_heads=dims["v_heads"],  # ViT heads
             hidden_act="silu",  # Qwen2.5-VL's ViT uses SwiGLU
             in_channels=3,  # RGB
             patch_size=14,  # 14×14 pixel patches (must equal the image processor's patch_size)
@@ -254,8 +335,8 @@ def _tiny_config(arch: str, tok) -> Any:
             temporal_patch_size=2,  # frames per temporal patch; an image is repeated to 2 frames
             tokens_per_second=2,  # video time resolution of M-RoPE (unused for images)
             window_size=112,  # window attention over 112-pixel windows (= 4×4 merged tokens)
-            fullatt_block_indexes=[1],  # the last block attends globally, the first in windows
-            out_hidden_size=64,  # merger output = text hidden_size
+            fullatt_block_indexes=dims["fullatt"],  # blocks that attend globally (the others in windows)
+            out_hidden_size=dims["hidden"],  # merger output = text hidden_size
             initializer_range=0.02,  # default init scale
         )
         return Qwen2_5_VLConfig(
@@ -269,26 +350,26 @@ def _tiny_config(arch: str, tok) -> Any:
 
         text = dict(
             common_text,
-            head_dim=16,  # Qwen3 states head_dim explicitly (= hidden / heads here)
+            head_dim=dims["hidden"] // dims["heads"],  # Qwen3 states head_dim explicitly (= hidden / heads here)
             hidden_act="silu",  # SwiGLU
             attention_bias=False,  # Qwen3 has no QKV bias (it normalises q and k instead)
-            # Interleaved M-RoPE over (t, h, w); sections must sum to head_dim / 2 = 8.
-            rope_parameters={"rope_type": "default", "rope_theta": 5_000_000.0, "mrope_section": [4, 2, 2],
+            # Interleaved M-RoPE over (t, h, w); sections must sum to head_dim / 2.
+            rope_parameters={"rope_type": "default", "rope_theta": 5_000_000.0, "mrope_section": dims["mrope_3"],
                              "mrope_interleaved": True},
         )
         vision = dict(
-            depth=2,  # two ViT blocks
-            hidden_size=32,  # ViT width
-            intermediate_size=64,  # ViT MLP width
-            num_heads=2,  # ViT heads → head_dim 16
+            depth=dims["v_depth"],  # ViT blocks
+            hidden_size=dims["v_hidden"],  # ViT width
+            intermediate_size=dims["v_intermediate"],  # ViT MLP width
+            num_heads=dims["v_heads"],  # ViT heads
             hidden_act="gelu_pytorch_tanh",  # Qwen3-VL's ViT MLP activation
             in_channels=3,  # RGB
             patch_size=16,  # Qwen3-VL uses 16×16 patches (= image processor patch_size)
             spatial_merge_size=2,  # 2×2 patches → one LLM token
             temporal_patch_size=2,  # frames per temporal patch
             num_position_embeddings=64,  # learned 8×8 position grid, interpolated to the image grid
-            deepstack_visual_indexes=[0],  # features of ViT block 0 are added into text layer 0 (DeepStack)
-            out_hidden_size=64,  # merger output = text hidden_size
+            deepstack_visual_indexes=dims["deepstack"],  # ViT block features added into the text layers (DeepStack)
+            out_hidden_size=dims["hidden"],  # merger output = text hidden_size
             initializer_range=0.02,  # default init scale
         )
         return Qwen3VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=False, **vision_token_ids)
@@ -346,7 +427,8 @@ def _tiny_processor(arch: str, tok):
                chat_template=qwen3_vl_chat_template)
 
 
-_README = """# arft tiny {arch} (RANDOM WEIGHTS)
+_README = {  # per size; the toy's text is unchanged from before sizes existed (its build stays byte-identical)
+    "toy": """# arft tiny {arch} (RANDOM WEIGHTS)
 
 Written by `arftlib.models.build_tiny_vlm` (seed {seed}). This is NOT a trained model: the weights are
 random, so its outputs are gibberish. It exists to test loading, templates, batching, rollouts and training
@@ -356,11 +438,27 @@ loops offline on a CPU.
 - tokenizer: byte-level BPE trained on generated workbench text, {vocab} tokens, Qwen special tokens,
   action tags as single tokens
 - processor: {processor_class} with a tiny pixel budget; chat template = TRL's tool-capable Qwen3-VL template
-"""
+""",
+    "seeing": """# arft tiny {arch}, size "seeing" (RANDOM WEIGHTS)
+
+Written by `arftlib.models.build_tiny_vlm(..., size="seeing")` (seed {seed}). This is NOT a trained model: the
+weights are random, so its outputs are gibberish until it is trained. It is big enough to learn to see
+simple scenes (colour, shape, position) on a CPU: the policy of the micro benchmarks (`micro-coding`,
+`micro-search`), to be warm-started by supervised training before RL.
+
+- architecture: {model_class}, {params:,} parameters (text hidden 256, 4 layers, 4 heads / 2 KV heads;
+  ViT depth 4, hidden 128, 4 heads; 16 image tokens per 112×112 image)
+- tokenizer: byte-level BPE trained on generated workbench text and the micro benchmarks' questions,
+  answers, queries, passages and gold code, {vocab} tokens, Qwen special tokens, action tags as single tokens
+- processor: {processor_class}, images at most 112×112 pixels; chat template = TRL's tool-capable Qwen3-VL
+  template
+""",
+}
 
 
-def build_tiny_vlm(out_dir: str | os.PathLike, arch: str = "qwen2_5_vl", seed: int = 0) -> Path:
-    """Write a random tiny `arch` VLM + processor to `out_dir` (created; existing files overwritten).
+def build_tiny_vlm(out_dir: str | os.PathLike, arch: str = "qwen2_5_vl", seed: int = 0, size: str = "toy") -> Path:
+    """Write a random tiny `arch` VLM + processor of `size` ("toy" or "seeing") to `out_dir` (created; existing
+    files overwritten).
 
     The directory loads offline with `AutoModelForImageTextToText.from_pretrained(out_dir)` and
     `AutoProcessor.from_pretrained(out_dir)`. The tokenizer does not depend on `seed`; the weights do, and the
@@ -368,6 +466,8 @@ def build_tiny_vlm(out_dir: str | os.PathLike, arch: str = "qwen2_5_vl", seed: i
     """
     if arch not in ARCHS:
         raise ValueError(f"unknown tiny-model arch {arch!r}; choose one of {', '.join(ARCHS)}")
+    if size not in TINY_SIZES:
+        raise ValueError(f"unknown tiny-model size {size!r}; choose one of {', '.join(TINY_SIZES)}")
     import torch
     import transformers
     from transformers import AutoModelForImageTextToText, GenerationConfig
@@ -375,8 +475,8 @@ def build_tiny_vlm(out_dir: str | os.PathLike, arch: str = "qwen2_5_vl", seed: i
     t0 = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tok = _train_tokenizer()
-    config = _tiny_config(arch, tok)
+    tok = _train_tokenizer(size)
+    config = _tiny_config(arch, tok, size)
     config.dtype = "float32"
 
     fork_devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
@@ -398,11 +498,11 @@ def build_tiny_vlm(out_dir: str | os.PathLike, arch: str = "qwen2_5_vl", seed: i
 
     n_params = sum(p.numel() for p in model.parameters())
     (out / "README.md").write_text(
-        _README.format(arch=arch, seed=seed, model_class=type(model).__name__, params=n_params,
-                       vocab=len(processor.tokenizer), processor_class=type(processor).__name__),
+        _README[size].format(arch=arch, seed=seed, model_class=type(model).__name__, params=n_params,
+                             vocab=len(processor.tokenizer), processor_class=type(processor).__name__),
         encoding="utf-8",
     )
-    marker.write_text(json.dumps({
+    info: dict[str, Any] = {
         "random_weights": True,
         "note": "randomly initialised tiny model for offline tests; not trained",
         "arch": arch,
@@ -411,45 +511,58 @@ def build_tiny_vlm(out_dir: str | os.PathLike, arch: str = "qwen2_5_vl", seed: i
         "transformers": transformers.__version__,
         "parameters": n_params,
         "vocab_size": len(processor.tokenizer),
-    }, indent=2) + "\n", encoding="utf-8")
-    log.info("built tiny %s (%d parameters) in %s in %.1f s", arch, n_params, out, time.perf_counter() - t0)
+    }
+    if size != "toy":  # (the toy's marker keeps its original keys, byte for byte)
+        info.update(note="randomly initialised tiny model; train it (cold-start SFT) before use", size=size,
+                    version=SEEING_MODEL_VERSION, corpus_sha256=corpus_digest(size))
+    marker.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    log.info("built tiny %s/%s (%d parameters) in %s in %.1f s", arch, size, n_params, out, time.perf_counter() - t0)
     return out
 
 
-def _marker_ok(path: Path, arch: str, seed: int) -> bool:
+def _marker_ok(path: Path, arch: str, seed: int, size: str = "toy") -> bool:
     import transformers
 
     try:
         marker = json.loads((path / MARKER_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    return (marker.get("version") == TINY_MODEL_VERSION and marker.get("arch") == arch
-            and marker.get("seed") == seed and marker.get("transformers") == transformers.__version__)
+    same = (marker.get("arch") == arch and marker.get("seed") == seed
+            and marker.get("transformers") == transformers.__version__)
+    if size == "toy":
+        return same and marker.get("version") == TINY_MODEL_VERSION and "size" not in marker
+    return (same and marker.get("size") == size and marker.get("version") == SEEING_MODEL_VERSION
+            and marker.get("corpus_sha256") == corpus_digest(size))
 
 
-def tiny_model_path(arch: str = "qwen2_5_vl", seed: int = 0) -> Path:
-    """The cached tiny model for `arch` (built on first use into `cache_dir("tiny-models", arch)`).
+def tiny_model_path(arch: str = "qwen2_5_vl", seed: int = 0, size: str = "toy") -> Path:
+    """The cached tiny model for `arch` and `size` (built on first use into `cache_dir("tiny-models", arch)`
+    for the toy, `cache_dir("tiny-models", f"{arch}-{size}")` otherwise).
 
-    Rebuilt when its marker is missing or names another version, seed or transformers release. Concurrent
-    callers are serialised with a file lock; the build goes to a temporary folder and is moved in with the
-    marker last, so a half-written build is never reused.
+    Rebuilt when its marker is missing or names another version, seed or transformers release (the `seeing`
+    size also when the micro world's tokenizer text changed). Concurrent callers are serialised with a file
+    lock; the build goes to a temporary folder and is moved in with the marker last, so a half-written build
+    is never reused.
     """
     if arch not in ARCHS:
         raise ValueError(f"unknown tiny-model arch {arch!r}; choose one of {', '.join(ARCHS)}")
-    path = cache_dir("tiny-models", arch)
-    if _marker_ok(path, arch, seed):
+    if size not in TINY_SIZES:
+        raise ValueError(f"unknown tiny-model size {size!r}; choose one of {', '.join(TINY_SIZES)}")
+    name = arch if size == "toy" else f"{arch}-{size}"
+    path = cache_dir("tiny-models", name)
+    if _marker_ok(path, arch, seed, size):
         return path
     import fcntl
 
-    lock_path = path.parent / f".{arch}.lock"
+    lock_path = path.parent / f".{name}.lock"
     with open(lock_path, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            if _marker_ok(path, arch, seed):  # another process built it while we waited
+            if _marker_ok(path, arch, seed, size):  # another process built it while we waited
                 return path
-            log.info("building tiny %s model into %s", arch, path)
-            with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{arch}-build-") as tmp:
-                build_tiny_vlm(tmp, arch=arch, seed=seed)
+            log.info("building tiny %s/%s model into %s", arch, size, path)
+            with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{name}-build-") as tmp:
+                build_tiny_vlm(tmp, arch=arch, seed=seed, size=size)
                 for child in path.iterdir():  # clear a stale build
                     if child.is_dir():
                         shutil.rmtree(child)
@@ -471,11 +584,15 @@ _HUB_ID = re.compile(r"[A-Za-z0-9][\w.\-]*(/[A-Za-z0-9][\w.\-]*)?")
 
 
 def resolve_model_path(model_id_or_path: str | os.PathLike) -> str:
-    """`"tiny"` / `"tiny:qwen3_vl"` → the cached tiny model; an existing local folder → itself (checked to
-    hold a `config.json`); anything shaped like a hub id (`org/name`) → unchanged. Otherwise a clear error."""
+    """`"tiny"` / `"tiny:qwen3_vl"` / `"tiny:qwen2_5_vl:seeing"` → the cached tiny model of that arch and size
+    (default Qwen2.5-VL, the toy); an existing local folder → itself (checked to hold a `config.json`); anything
+    shaped like a hub id (`org/name`) → unchanged. Otherwise a clear error."""
     name = os.fspath(model_id_or_path)
     if name == "tiny" or name.startswith("tiny:"):
-        return str(tiny_model_path(name.split(":", 1)[1] if ":" in name else "qwen2_5_vl"))
+        parts = name.split(":")[1:]
+        arch = parts[0] if parts and parts[0] else "qwen2_5_vl"
+        size = parts[1] if len(parts) > 1 else "toy"
+        return str(tiny_model_path(arch, size=size))
     path = Path(name).expanduser()
     if path.exists():
         if not path.is_dir():
@@ -492,6 +609,17 @@ def resolve_model_path(model_id_or_path: str | os.PathLike) -> str:
         f"model folder {name!r} does not exist (and {name!r} is not shaped like a hub id such as "
         f"'Qwen/Qwen2.5-VL-3B-Instruct'); use 'tiny' for the offline tiny model"
     )
+
+
+def model_path_for(cfg: "RunConfig", model: str | os.PathLike | None = None) -> str:
+    """The one place a run's model becomes a path: `model` (hub id or folder) when given, else the profile's
+    `model_id`, where "tiny" means the tiny model of the profile's `arch` (and `tiny_size`, when the profile
+    names one)."""
+    name = os.fspath(model) if model is not None else cfg.model_id
+    if name == "tiny":
+        size = getattr(cfg, "tiny_size", None)
+        name = f"tiny:{cfg.arch}" + (f":{size}" if size else "")
+    return resolve_model_path(name)
 
 
 def quantization_config(quantization: str | None):
@@ -719,7 +847,7 @@ def weights_digest(model_dir: str | os.PathLike) -> str:
 
 
 __all__ = [
-    "ARCHS", "TAG_TOKENS", "build_tiny_vlm", "tiny_model_path", "resolve_model_path", "quantization_config",
+    "ARCHS", "TINY_SIZES", "TAG_TOKENS", "build_tiny_vlm", "tiny_model_path", "resolve_model_path", "quantization_config",
     "load_policy", "load_for_config", "lora_config_for", "lora_target_regex", "suppressed_token_ids",
     "ensure_tool_chat_template", "set_pixel_budget", "weights_digest",
 ]

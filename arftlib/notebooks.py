@@ -127,6 +127,29 @@ def reproduce(profile: str | None = None, runs_dir: Path | str = REPO_ROOT / "ru
     return results
 
 
+def find_run(stem: str, out_dir: Path | str, runs_dir: Path | str, profile: str, explicit: str = "") -> Path | None:
+    """The output folder of notebook `stem` another notebook should read: `explicit` when given (it must hold a
+    metrics.json), else the sibling `out_dir/../<stem>` (the same `make reproduce` run), else the newest
+    `<runs_dir>/**/<stem>/metrics.json` written by the same profile; None when there is none."""
+    if explicit:
+        path = Path(explicit)
+        if not (path / "metrics.json").is_file():
+            raise FileNotFoundError(f"{path}: no metrics.json — is this a finished {stem} run?")
+        return path
+    sibling = Path(out_dir).resolve().parent / stem
+    if (sibling / "metrics.json").is_file():
+        return sibling
+    candidates = []
+    for m in Path(runs_dir).glob(f"**/{stem}/metrics.json"):
+        try:
+            run_profile = json.loads(m.read_text()).get("profile")
+        except (OSError, json.JSONDecodeError):
+            continue  # a run still being written or a broken file: not a run to read
+        if run_profile == profile:
+            candidates.append((m.stat().st_mtime, m.parent))
+    return max(candidates)[1] if candidates else None
+
+
 # --- percent-format sources → .ipynb ----------------------------------------------------------------------
 
 _CELL_MARK = re.compile(r"^# %%(?P<rest>.*)$")

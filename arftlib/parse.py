@@ -56,12 +56,13 @@ reference's exact regexes for code that needs byte-faithful behaviour.
 
 from __future__ import annotations
 
-import re
 import json
+import re
+import textwrap
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from arftlib.types import ACTION_KINDS, DEGRADATIONS, TASK_KINDS, Action
+from arftlib.types import ACTION_KINDS, DEGRADATIONS, TASK_KINDS, Action, allowed_actions
 
 __all__ = [
     "ACTION_TAGS",
@@ -69,8 +70,8 @@ __all__ = [
     "MAX_TURN_CHARS",
     "POLICIES",
     "PRECEDENCE",
+    "ReferenceTurn",
     "apply_reference_crop",
-    "crop_box_pixels",
     "extract_crop_box",
     "format_ok",
     "parse_action",
@@ -79,7 +80,9 @@ __all__ = [
     "ToolCall",
     "reference_answer",
     "reference_code",
+    "reference_format_ok",
     "reference_problems",
+    "reference_turn",
     "reference_search_query",
     "reference_turn_kinds",
     "strip_code_fences",
@@ -93,11 +96,6 @@ MAX_TURN_CHARS = 1 << 20  # 1 MiB of text per model turn
 MAX_PAYLOAD_CHARS = 64 * 1024  # 64 KiB per action payload
 
 _TAG_RE = re.compile(r"<(/?)(think|search|code|problem|answer)>")
-_ALLOWED_FOR_TASK = {
-    "coding": frozenset({"problem", "code", "answer"}),
-    "search": frozenset({"search", "answer"}),
-    "multihop": frozenset({"search", "answer"}),
-}
 
 
 def _clean(s: str) -> str:
@@ -191,7 +189,9 @@ _FENCE_OPEN_RE = re.compile(r"```[ \t]*([A-Za-z0-9_+\-]*)[ \t]*\n?")
 
 def strip_code_fences(payload: str) -> tuple[str, str | None]:
     """(code, error): the code inside the first ``` fence (```python, ```py, ``` …), or the payload itself
-    when it has no fence. Text before the opening fence and after the closing fence is dropped.
+    when it has no fence. Text before the opening fence and after the closing fence is dropped; an opening
+    fence without a closing one is an error; the code is dedented (an indented block still runs). THE fence rule: the parser applies it to `<code>` payloads and
+    the sandbox (`tools.sandbox.run_image_code`) to whatever code it is given, so both run the same code.
 
     >>> strip_code_fences("```python\\nimport cv2\\n```")
     ('import cv2', None)
@@ -202,11 +202,11 @@ def strip_code_fences(payload: str) -> tuple[str, str | None]:
     """
     m = _FENCE_OPEN_RE.search(payload)
     if m is None:
-        return payload.strip(), None
+        return textwrap.dedent(payload.strip("\r\n")).strip(), None
     end = payload.find("```", m.end())
     if end < 0:
         return "", "unclosed ``` fence in <code>"
-    return payload[m.end() : end].strip(), None
+    return textwrap.dedent(payload[m.end() : end].strip("\r\n")).strip(), None
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -316,20 +316,22 @@ def _parse_action(text: Any, policy: str) -> Action:
         return _invalid(raw, f"turn too long ({len(text)} > {MAX_TURN_CHARS} chars)")
     scan = _Scan(text)
     think = _clean(scan.think).strip() if scan.think is not None else ""
+    blocks = [b[0] for b in scan.blocks]
     if scan.error is not None:
-        return _invalid(raw, scan.error, think)
-    if not scan.blocks:
-        return _invalid(raw, "no action tag (expected one of <search>, <code>, <problem>, <answer>)", think)
-    if len(scan.blocks) > 1:
-        if policy == "strict":
-            names = ", ".join(f"<{b[0]}>" for b in scan.blocks)
-            return _invalid(raw, f"multiple actions: {names}", think)
-        rank = {t: i for i, t in enumerate(PRECEDENCE)}
-        chosen = min(scan.blocks, key=lambda b: (rank[b[0]], b[1]))
+        action = _invalid(raw, scan.error, think)
+    elif not scan.blocks:
+        action = _invalid(raw, "no action tag (expected one of <search>, <code>, <problem>, <answer>)", think)
+    elif len(scan.blocks) > 1 and policy == "strict":
+        names = ", ".join(f"<{b}>" for b in blocks)
+        action = _invalid(raw, f"multiple actions: {names}", think)
     else:
-        chosen = scan.blocks[0]
-    tag, _, p0, p1, _ = chosen
-    return _payload_action(tag, text[p0:p1], think, raw)
+        rank = {t: i for i, t in enumerate(PRECEDENCE)}
+        chosen = min(scan.blocks, key=lambda b: (rank[b[0]], b[1])) if len(scan.blocks) > 1 else scan.blocks[0]
+        tag, _, p0, p1, _ = chosen
+        action = _payload_action(tag, text[p0:p1], think, raw)
+    action.blocks = blocks
+    action.format_ok = _strict_format(text, scan, action)
+    return action
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -339,43 +341,13 @@ _REF_PROBLEM_PAYLOAD_RE = re.compile(r"\s*\{\s*'[^']+'\s*(?:,\s*'[^']+'\s*)*\}\s
 _REF_CODE_PAYLOAD_RE = re.compile(r"\s*```python.*?```.*", re.DOTALL)
 
 
-def format_ok(text: Any, kind: str | None = None, protocol: str = "tags") -> bool:
-    """Strict format: the whole turn is `<think>…</think>` (non-empty), optional whitespace, then exactly one
-    action block, and nothing else; no repeated tag. `kind` restricts the action: an action kind
-    ("search", "code", "problem", "answer"), a task kind ("coding" → problem/code/answer, "search" and
-    "multihop" → search/answer), or None (any). Code must be fenced ```` ```python ```` and a diagnosis must
-    be a set literal of quoted labels, as in the reference training format reward; labels must also be known.
-    `protocol` is accepted for symmetry ("tags" and "chat" use the same turn format). Never raises.
-
-    >>> format_ok("<think> a </think>\\n<answer> Paris </answer>", "search")
-    True
-    >>> format_ok("<think> a </think>\\n<answer> Paris </answer> extra", "search")
-    False
-    >>> format_ok("<think> a </think><problem> {'dark'} </problem>", "code")
-    False
-    """
-    try:
-        return _format_ok(text, kind, protocol)
-    except Exception:  # pragma: no cover - defensive
+def _strict_format(text: str, scan: _Scan, action: Action) -> bool:
+    """`Action.format_ok`: the whole turn is `<think>…</think>` (non-empty), optional whitespace, then exactly
+    one valid action block, nothing else and no repeated tag; code fenced ```` ```python ````, a diagnosis a
+    set literal of quoted known labels (as the reference's training format reward wants them)."""
+    if action.kind == "invalid" or not action.think or len(scan.blocks) != 1:
         return False
-
-
-def _format_ok(text: Any, kind: str | None, protocol: str) -> bool:
-    if not isinstance(text, str) or protocol not in ("tags", "chat"):
-        return False
-    if kind is None:
-        allowed = frozenset(ACTION_TAGS)
-    elif kind in _ALLOWED_FOR_TASK:
-        allowed = _ALLOWED_FOR_TASK[kind]
-    elif kind in ACTION_TAGS:
-        allowed = frozenset({kind})
-    else:
-        return False
-    action = parse_action(text, policy="strict")
-    if action.kind not in allowed or not action.think:
-        return False
-    scan = _Scan(text)
-    if scan.prefilled_think or scan.think_count != 1 or scan.think_span is None or len(scan.blocks) != 1:
+    if scan.prefilled_think or scan.think_count != 1 or scan.think_span is None:
         return False
     tag, open_start, p0, p1, close_end = scan.blocks[0]
     t0, t1 = scan.think_span
@@ -389,9 +361,38 @@ def _format_ok(text: Any, kind: str | None, protocol: str) -> bool:
         return _REF_CODE_PAYLOAD_RE.fullmatch(payload) is not None
     if tag == "problem":
         return _REF_PROBLEM_PAYLOAD_RE.fullmatch(payload) is not None and set(reference_problems(text)) <= set(
-            DEGRADATIONS
-        )
+            DEGRADATIONS)
     return True
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Strict format check (rewards)
+# ----------------------------------------------------------------------------------------------------------
+def format_ok(text: Any, kind: str | None = None, protocol: str = "tags") -> bool:
+    """Strict format (`Action.format_ok`, see `_strict_format`) with the action restricted by `kind`: an action
+    kind ("search", "code", "problem", "answer"), a task kind ("coding" → problem/code/answer, "search" and
+    "multihop" → search/answer), or None (any). `protocol` is accepted for symmetry ("tags" and "chat" use the
+    same turn format). Never raises.
+
+    >>> format_ok("<think> a </think>\\n<answer> Paris </answer>", "search")
+    True
+    >>> format_ok("<think> a </think>\\n<answer> Paris </answer> extra", "search")
+    False
+    >>> format_ok("<think> a </think><problem> {'dark'} </problem>", "code")
+    False
+    """
+    if not isinstance(text, str) or protocol not in ("tags", "chat"):
+        return False
+    if kind is None:
+        allowed: tuple[str, ...] = ACTION_TAGS
+    elif kind in TASK_KINDS:
+        allowed = allowed_actions(kind)
+    elif kind in ACTION_TAGS:
+        allowed = (kind,)
+    else:
+        return False
+    action = parse_action(text)
+    return action.format_ok and action.kind in allowed
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -465,6 +466,89 @@ def reference_problems(text: Any) -> list[str]:
     return sorted(_REF_QUOTED_RE.findall(m.group(1)))
 
 
+# The reference TRAINING rewards' reading of a turn (grpo_agent_code.py / grpo_agent_search.py): substring tests
+# and regexes exactly as they are, so `rewards.paper` reproduces them without reading text itself.
+_P_ANSWER = re.compile(r"<think>.*?</think>\s*<answer>.*?</answer>", re.DOTALL)
+_P_SEARCH = re.compile(r"<think>.*?</think>\s*<search>.*?</search>", re.DOTALL)
+_P_CODE = re.compile(r"<think>.*?</think>\s*<code>\s*```python(.*?)```.*?</code>", re.DOTALL)
+_P_PROBLEM = re.compile(r"^<think>.*?</think>\s*<problem>\s*\{\s*'[^']+'\s*(?:,\s*'[^']+'\s*)*\}\s*</problem>$",
+                        re.DOTALL)
+_P_PATTERN = {"answer": _P_ANSWER, "search": _P_SEARCH, "code": _P_CODE, "problem": _P_PROBLEM}
+_R_ANSWER = re.compile(r"<answer>(.*?)</answer>")  # accuracy_reward: single line (no DOTALL)
+_R_SEARCH = re.compile(r"<search>(.*?)</search>")
+
+
+def _tag_or_all(pattern: re.Pattern, text: str) -> str:
+    m = pattern.search(text)
+    return m.group(1).strip() if m else text.strip()
+
+
+@dataclass(frozen=True)
+class ReferenceTurn:
+    """One turn as the reference's training rewards read it. `answer` / `query`: the first single-line
+    `<answer>` / `<search>` payload, stripped, or the whole text stripped when there is none (as its
+    `accuracy_reward` does); `problems`: `reference_problems(text)`; `has(tag)`: the substring test
+    `f"<{tag}>" in text`; `step(family)`: the step type the reference dispatches a SOLUTION on (substring
+    tests in its order: coding answer > code > problem, search answer > search)."""
+
+    text: str
+    answer: str
+    query: str
+    problems: tuple[str, ...]
+
+    def has(self, tag: str) -> bool:
+        return f"<{tag}>" in self.text
+
+    def count(self, tag: str) -> int:
+        return self.text.count(f"<{tag}>")
+
+    def step(self, family: str) -> str | None:
+        order = ("answer", "code", "problem") if family == "coding" else ("answer", "search")
+        return next((tag for tag in order if self.has(tag)), None)
+
+    def format_ok(self, family: str, gold_step: str | None) -> bool:
+        """The reference `format_reward`. Coding: False if `<answer>`, `<code>`, `<think>` or `<problem>` occurs
+        twice; else the pattern of the gold step must fullmatch. Search: False if `<answer>`, `<search>` or
+        `<think>` occurs twice; else the pattern of the tag the turn itself uses must fullmatch (the other not)."""
+        t = self.text
+        if family == "coding":
+            if any(self.count(x) >= 2 for x in ("answer", "code", "think", "problem")):
+                return False
+            pattern = _P_PATTERN.get(gold_step or "") if gold_step != "search" else None
+            return bool(pattern is not None and pattern.fullmatch(t))
+        if any(self.count(x) >= 2 for x in ("answer", "search", "think")):
+            return False
+        is_answer, is_search = _P_ANSWER.fullmatch(t), _P_SEARCH.fullmatch(t)
+        if "<answer>" in t and "</answer>" in t:
+            return bool(is_answer and not is_search)
+        if "<search>" in t and "</search>" in t:
+            return bool(is_search and not is_answer)
+        return False
+
+
+def reference_turn(text: Any) -> ReferenceTurn:
+    """`ReferenceTurn` of a turn (non-text → the empty turn). Never raises.
+
+    >>> r = reference_turn("<think>t</think><answer>Paris, London</answer>")
+    >>> r.answer, r.has("search"), r.format_ok("search", None)
+    ('Paris, London', False, True)
+    >>> reference_turn("Paris").answer
+    'Paris'
+    """
+    t = _clean(text) if isinstance(text, str) else ""
+    return ReferenceTurn(text=t, answer=_tag_or_all(_R_ANSWER, t), query=_tag_or_all(_R_SEARCH, t),
+                         problems=tuple(reference_problems(t)))
+
+
+def reference_format_ok(text: Any, family: str, gold_step: str | None = None) -> bool:
+    """`reference_turn(text).format_ok(family, gold_step)`.
+
+    >>> reference_format_ok("<think>x</think> <problem> {'dark'} </problem>", "coding", "problem")
+    True
+    """
+    return reference_turn(text).format_ok(family, gold_step)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Crop boxes (MAT-Coding crop questions)
 # ----------------------------------------------------------------------------------------------------------
@@ -490,16 +574,6 @@ def extract_crop_box(question: Any) -> tuple[int, int, int, int] | None:
     if any(v > 1000 for v in box):
         return None
     return box  # type: ignore[return-value]
-
-
-def crop_box_pixels(box: tuple[int, int, int, int], width: int, height: int) -> tuple[int, int, int, int]:
-    """Grid box → pixel box `(x_min, y_min, x_max, y_max)` exactly as the reference: `int(v / 1000 * size)`.
-
-    >>> crop_box_pixels((366, 723, 506, 851), 1000, 500)
-    (366, 361, 506, 425)
-    """
-    x1, y1, x2, y2 = box
-    return (int(x1 / 1000 * width), int(y1 / 1000 * height), int(x2 / 1000 * width), int(y2 / 1000 * height))
 
 
 # A 2-D slice "[a:b, c:d]" whose parts may contain one level of brackets (the reference's pattern).
@@ -536,6 +610,8 @@ class ToolCall:
     arguments: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
     count: int = 1  # tool-call blocks in the turn (only the first is acted on)
+    think: str = ""  # the turn's think text (first <think> block, stripped)
+    clean: bool = False  # the whole turn is `<think>…</think>` (non-empty) + exactly one valid call, nothing else
 
 
 def parse_tool_call(text: Any) -> ToolCall | None:
@@ -543,8 +619,8 @@ def parse_tool_call(text: Any) -> ToolCall | None:
     `name` and `arguments`, arguments as an object or a JSON string), or None when the turn holds no
     `<tool_call>` at all. Never raises.
 
-    >>> parse_tool_call('<think> dark </think>\\n<tool_call>{"name": "diagnose", "arguments": {"problem": "dark"}}</tool_call>')
-    ToolCall(name='diagnose', arguments={'problem': 'dark'}, error=None, count=1)
+    >>> parse_tool_call('<think> dark </think>\n<tool_call>{"name": "diagnose", "arguments": {"problem": "dark"}}</tool_call>')
+    ToolCall(name='diagnose', arguments={'problem': 'dark'}, error=None, count=1, think='dark', clean=True)
     >>> parse_tool_call("<tool_call>{'name': 1}</tool_call>").error
     'the tool call is not valid JSON'
     >>> parse_tool_call("<answer> 42 </answer>") is None
@@ -552,6 +628,18 @@ def parse_tool_call(text: Any) -> ToolCall | None:
     """
     if not isinstance(text, str) or "<tool_call>" not in text:
         return None
+    call = _read_tool_call(text)
+    m = _THINK_BLOCK_RE.search(text)
+    call.think = _clean(m.group(1)).strip() if m else ""
+    call.clean = bool(call.error is None and call.count == 1 and call.think and _CLEAN_CALL_RE.fullmatch(text))
+    return call
+
+
+_THINK_BLOCK_RE = re.compile(r"<think>(.*?)</think>", re.DOTALL)
+_CLEAN_CALL_RE = re.compile(r"\s*<think>(?:(?!<think>|</think>).)+</think>\s*<tool_call>.*?</tool_call>\s*", re.DOTALL)
+
+
+def _read_tool_call(text: str) -> ToolCall:
     blocks = _TOOL_CALL_RE.findall(text)
     if not blocks:
         return ToolCall(error="unclosed <tool_call>")

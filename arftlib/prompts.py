@@ -59,11 +59,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from arftlib.types import TASK_KINDS, Observation, Task
+from arftlib.types import Observation, Task, allowed_actions, task_family
 
 __all__ = [
     "CHAT_TOOL_SENTENCE",
     "CODING_SYSTEM_PROMPT",
+    "COMPACT_PROMPT",
+    "PROMPT_STYLES",
     "DIRECT_SUFFIX",
     "PROTOCOLS",
     "SEARCH_SYSTEM_PROMPT",
@@ -77,6 +79,7 @@ __all__ = [
     "format_observation_search",
     "initial_user_text",
     "query_block",
+    "render_search_error",
     "render_search_hits",
     "render_tags_history",
     "stepwise_messages",
@@ -191,6 +194,23 @@ CHAT_TOOL_SENTENCE = {
 }
 
 STEP_TYPES = ("pre_problem", "pre_code", "pre_answer", "search")
+PROMPT_STYLES = ("reference", "compact")
+
+# ours: the same actions in a few lines, for small policies (every prompt token costs a CPU policy time)
+COMPACT_PROMPT = {
+    "coding": (
+        "Answer the question about the image. Each turn write <think> ... </think>, then exactly one action:\n"
+        "<problem> {'label', ...} </problem> names what is wrong with the image (rotation90, rotation180, dark, "
+        "overexposure, blur, noise, crop, none);\n"
+        "<code> ```python ... ``` </code> fixes it: read 'path_to_input_image.jpg', write 'path_to_output_image.jpg';\n"
+        "<answer> ... </answer> gives the final answer, as briefly as possible."
+    ),
+    "search": (
+        "Answer the question about the image. Each turn write <think> ... </think>, then exactly one action:\n"
+        "<search> query </search> looks up a text encyclopedia;\n"
+        "<answer> ... </answer> gives the final answer, as briefly as possible."
+    ),
+}
 
 
 def _check_protocol(protocol: str) -> None:
@@ -198,35 +218,38 @@ def _check_protocol(protocol: str) -> None:
         raise ValueError(f"unknown protocol {protocol!r}; use one of {PROTOCOLS}")
 
 
-def _family(kind: str) -> str:
-    """Task kind → prompt family: "coding" or "search" (multihop uses the search prompt)."""
-    if kind not in TASK_KINDS:
-        raise ValueError(f"unknown task kind {kind!r}; use one of {TASK_KINDS}")
-    return "coding" if kind == "coding" else "search"
-
-
 def _reference_prompt(kind: str) -> str:
-    return CODING_SYSTEM_PROMPT if _family(kind) == "coding" else SEARCH_SYSTEM_PROMPT
+    return CODING_SYSTEM_PROMPT if task_family(kind) == "coding" else SEARCH_SYSTEM_PROMPT
 
 
-def system_prompt(kind: str, protocol: str) -> str | None:
+def _check_style(style: str) -> None:
+    if style not in PROMPT_STYLES:
+        raise ValueError(f"unknown prompt style {style!r}; use one of {PROMPT_STYLES}")
+
+
+def system_prompt(kind: str, protocol: str, style: str = "reference") -> str | None:
     """The system message for a task kind ("coding" | "search" | "multihop") under a protocol.
 
     `tags` and `direct` → None: the reference puts its prompt inside the user text (see
     `initial_user_text`). `chat` → the reference prompt without its "# Current reasoning chain:" tail, plus
-    one sentence on how tool results come back.
+    one sentence on how tool results come back; with `style="compact"`, `COMPACT_PROMPT` instead.
 
     >>> system_prompt("coding", "tags") is None
     True
     >>> system_prompt("search", "chat").startswith("# Role")
     True
+    >>> system_prompt("search", "chat", "compact").startswith("Answer the question")
+    True
     """
     _check_protocol(protocol)
-    ref = _reference_prompt(kind)
+    _check_style(style)
     if protocol != "chat":
         return None
+    if style == "compact":
+        return COMPACT_PROMPT[task_family(kind)]
+    ref = _reference_prompt(kind)
     body = ref[: -len(_CHAIN_TAIL)].rstrip() if ref.endswith(_CHAIN_TAIL) else ref.rstrip()
-    return body + "\n\n" + CHAT_TOOL_SENTENCE[_family(kind)]
+    return body + "\n\n" + CHAT_TOOL_SENTENCE[task_family(kind)]
 
 
 def query_block(question: str, *, reference_eval_coding: bool = False) -> str:
@@ -242,11 +265,12 @@ def query_block(question: str, *, reference_eval_coding: bool = False) -> str:
     return f"<query> {question} {close}"
 
 
-def initial_user_text(task: Task, protocol: str) -> str:
+def initial_user_text(task: Task, protocol: str, style: str = "reference") -> str:
     """The text of the first user message (the image block is added by the caller / `build_messages`).
 
     tags: coding → `CODING_SYSTEM_PROMPT + "<query> q <query>"`; search/multihop →
-    `SEARCH_SYSTEM_PROMPT + "\\n<query> q </query>"` (both exactly as the reference evaluation).
+    `SEARCH_SYSTEM_PROMPT + "\\n<query> q </query>"` (both exactly as the reference evaluation); with
+    `style="compact"`: `COMPACT_PROMPT + "\\n<query> q </query>"`.
     chat: `<query> q </query>`. direct: `q + "\\n" + DIRECT_SUFFIX`.
 
     >>> t = Task(id="1", question="Who?", images=[], answers=["x"], kind="multihop")
@@ -254,8 +278,11 @@ def initial_user_text(task: Task, protocol: str) -> str:
     True
     """
     _check_protocol(protocol)
-    fam = _family(task.kind)
+    _check_style(style)
+    fam = task_family(task.kind)
     if protocol == "tags":
+        if style == "compact":
+            return COMPACT_PROMPT[fam] + "\n" + query_block(task.question)
         if fam == "coding":
             return CODING_SYSTEM_PROMPT + query_block(task.question, reference_eval_coding=True)
         return SEARCH_SYSTEM_PROMPT + "\n" + query_block(task.question)
@@ -264,7 +291,7 @@ def initial_user_text(task: Task, protocol: str) -> str:
     return task.question + "\n" + DIRECT_SUFFIX
 
 
-def render_tags_history(task: Task, turns: Iterable[tuple[str, str | None]]) -> str:
+def render_tags_history(task: Task, turns: Iterable[tuple[str, str | None]], style: str = "reference") -> str:
     """The `tags` protocol's single user text after some turns, as the reference evaluation builds it:
     `initial_user_text(task, "tags")`, then for each `(turn, observation_text)`: nothing if the observation
     is None (a turn the reference ignores), else `"\\n" + turn`, plus `"\\n" + observation_text` when it is
@@ -276,7 +303,7 @@ def render_tags_history(task: Task, turns: Iterable[tuple[str, str | None]]) -> 
     >>> s.endswith("</query>\\n<think>a</think><search>q</search>\\n<information> 1. Content:z </information> ")
     True
     """
-    parts = [initial_user_text(task, "tags")]
+    parts = [initial_user_text(task, "tags", style)]
     for turn in turns:
         model_text, obs = turn[0], turn[1]
         if obs is None:
@@ -290,27 +317,51 @@ def render_tags_history(task: Task, turns: Iterable[tuple[str, str | None]]) -> 
 # ----------------------------------------------------------------------------------------------------------
 # Observations
 # ----------------------------------------------------------------------------------------------------------
-def _hit_text(hit: Any) -> str:
+def _hit_field(hit: Any, keys: Sequence[str]) -> str:
     if isinstance(hit, str):
-        return hit
+        return hit if "text" in keys else ""
     if isinstance(hit, Mapping):
-        for key in ("body", "text", "snippet", "contents", "content"):
+        for key in keys:
             if key in hit and hit[key] is not None:
                 return str(hit[key])
         return ""
-    return str(getattr(hit, "text", "") or "")
+    for key in keys:
+        val = getattr(hit, key, None)
+        if val:
+            return str(val)
+    return ""
 
 
-def render_search_hits(hits: Sequence[Any], k: int = 4) -> str:
-    """The reference's rendering of search results: `"<information> "`, then for each of the first `k` hits
+def render_search_hits(hits: Sequence[Any], k: int = 4, *, with_title: bool = False) -> str:
+    """THE rendering of search results, for the live environment and the step-wise training data alike — the
+    reference evaluation's, byte for byte: `"<information> "`, then for each of the first `k` hits
     `"{i}. Content:{snippet}"` with NO separator between hits, then `" </information> "` (trailing space
-    included). Hits may be `tools.search.Hit` objects (`.text`), dicts (`body`/`text`/`snippet`) or strings.
+    included; no hits give `'<information>  </information> '`). Hits may be `tools.search.Hit` objects
+    (`.text`), dicts (`body`/`text`/`snippet`) or strings. `with_title=True` is an opt-in variant (not the
+    reference) writing `Content:<title>: <text>`, for corpora whose passages do not name their subject.
 
     >>> render_search_hits(["Paris is the capital.", "France is in Europe."])
     '<information> 1. Content:Paris is the capital.2. Content:France is in Europe. </information> '
     """
-    body = "".join(f"{i + 1}. Content:{_hit_text(h)}" for i, h in enumerate(list(hits)[: max(k, 0)]))
-    return "<information> " + body + " </information> "
+    parts = []
+    for i, h in enumerate(list(hits)[: max(k, 0)]):
+        body = _hit_field(h, ("body", "text", "snippet", "contents", "content"))
+        title = _hit_field(h, ("title",)) if with_title else ""
+        parts.append(f"{i + 1}. Content:" + (f"{title}: {body}" if title else body))
+    return "<information> " + "".join(parts) + " </information> "
+
+
+def render_search_error(message: str) -> str:
+    """The observation text for a failed search, in the same frame as `render_search_hits`:
+    `'<information> search failed: <message> </information> '` (message on one line, at most 300 chars).
+
+    >>> render_search_error("HTTP 500\\nfrom x")
+    '<information> search failed: HTTP 500 from x </information> '
+    """
+    msg = " ".join(str(message).split())
+    if len(msg) > 300:
+        msg = msg[:297] + "..."
+    return f"<information> search failed: {msg} </information> "
 
 
 def format_observation_search(rendered_information: str) -> str:
@@ -393,7 +444,8 @@ def format_observation_invalid(error: str | None, kind: str = "search") -> str:
     >>> format_observation_invalid("unclosed <search>")
     'Your last message could not be used (unclosed <search>). Reply with <think> ... </think> followed by exactly one of <search> or <answer>.'
     """
-    allowed = "<problem>, <code> or <answer>" if kind == "coding" else "<search> or <answer>"
+    tags = [f"<{a}>" for a in allowed_actions(kind)]
+    allowed = (", ".join(tags[:-1]) + " or " + tags[-1]) if len(tags) > 1 else tags[0]
     return (
         f"Your last message could not be used ({error or 'invalid format'}). Reply with <think> ... </think> "
         f"followed by exactly one of {allowed}."
@@ -438,6 +490,7 @@ def build_messages(
     *,
     image: Any = None,
     observation_role: str = "user",
+    style: str = "reference",
 ) -> list[dict[str, Any]]:
     """Conversational messages (HF/TRL format) for the next generation.
 
@@ -451,6 +504,7 @@ def build_messages(
     chat: `[system, user: [image?, <query> q </query>], assistant, observation, assistant, …]`;
     observations go out as `observation_role` ("user" or "tool") with a text block and/or an image block;
     a turn with a None observation is kept as an assistant message with no reply after it.
+    `style`: the system prompt's style ("reference" = the paper's, verbatim; "compact", see `COMPACT_PROMPT`).
     direct: `[user: [image?, q + "\\n" + DIRECT_SUFFIX]]` (history ignored).
 
     >>> t = Task(id="1", question="Q?", images=["in.png"], answers=["a"], kind="coding")
@@ -466,7 +520,8 @@ def build_messages(
     first_image = image if image is not None else (task.images[0] if task.images else None)
 
     if protocol == "direct":
-        content = ([_image(first_image)] if first_image is not None else []) + [_text(initial_user_text(task, "direct"))]
+        content = ([_image(first_image)] if first_image is not None else []) + [_text(initial_user_text(task, "direct",
+                                                                                                     style))]
         return [{"role": "user", "content": content}]
 
     if protocol == "tags":
@@ -477,15 +532,16 @@ def build_messages(
             pairs.append((model_text, text))
             if text is not None and img is not None:
                 current = img
-        content = ([_image(current)] if current is not None else []) + [_text(render_tags_history(task, pairs))]
+        content = ([_image(current)] if current is not None else []) + [_text(render_tags_history(task, pairs, style))]
         return [{"role": "user", "content": content}]
 
-    sys_text = system_prompt(task.kind, "chat")
+    sys_text = system_prompt(task.kind, "chat", style)
     messages: list[dict[str, Any]] = [{"role": "system", "content": [_text(sys_text or "")]}]
-    first = ([_image(first_image)] if first_image is not None else []) + [_text(initial_user_text(task, "chat"))]
+    first = ([_image(first_image)] if first_image is not None else []) + [_text(initial_user_text(task, "chat", style))]
     messages.append({"role": "user", "content": first})
     for model_text, obs in history:
-        messages.append({"role": "assistant", "content": [_text(str(model_text))]})
+        if model_text is not None:  # None: a further tool result of the same turn (several calls in one turn)
+            messages.append({"role": "assistant", "content": [_text(str(model_text))]})
         text, img = _obs_parts(obs, "chat")
         if text is None:
             continue
@@ -521,7 +577,8 @@ def _context_text(context: str | Sequence[Any] | None) -> str:
     return "".join(parts)[1:]
 
 
-def stepwise_prompt(step_type: str, task: Task, context: str | Sequence[Any] | None = None) -> str:
+def stepwise_prompt(step_type: str, task: Task, context: str | Sequence[Any] | None = None,
+                    style: str = "reference") -> str:
     """The user text of one step-wise training sample.
 
     Coding (`make_conversation_image` in grpo_agent_code.py, verbatim wrapper):
@@ -541,11 +598,13 @@ def stepwise_prompt(step_type: str, task: Task, context: str | Sequence[Any] | N
     """
     if step_type not in STEP_TYPES:
         raise ValueError(f"unknown step type {step_type!r}; use one of {STEP_TYPES}")
-    fam = _family(task.kind)
+    fam = task_family(task.kind)
     if (step_type == "search") != (fam == "search"):
         raise ValueError(f"step type {step_type!r} does not fit a {task.kind!r} task (task id {task.id!r})")
     ctx = _context_text(context)
-    head = _reference_prompt(task.kind) + "\n" + query_block(task.question)
+    _check_style(style)
+    head = (COMPACT_PROMPT[fam] if style == "compact" else _reference_prompt(task.kind)) + "\n" + \
+        query_block(task.question)
     if step_type == "pre_problem":
         if ctx:
             raise ValueError(f"pre_problem takes no context (task id {task.id!r})")
@@ -556,10 +615,11 @@ def stepwise_prompt(step_type: str, task: Task, context: str | Sequence[Any] | N
 
 
 def stepwise_messages(
-    step_type: str, task: Task, context: str | Sequence[Any] | None = None, *, image: Any = None
+    step_type: str, task: Task, context: str | Sequence[Any] | None = None, *, image: Any = None,
+    style: str = "reference",
 ) -> list[dict[str, Any]]:
     """`stepwise_prompt` as the reference's conversational prompt: one user message, image block first
     (`image`, else `task.images[0]`), then the text. No system message, as in the reference."""
     img = image if image is not None else (task.images[0] if task.images else None)
-    content = ([_image(img)] if img is not None else []) + [_text(stepwise_prompt(step_type, task, context))]
+    content = ([_image(img)] if img is not None else []) + [_text(stepwise_prompt(step_type, task, context, style))]
     return [{"role": "user", "content": content}]

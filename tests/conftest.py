@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from arftlib.rollout import fixture_tasks
+from fixtures import fixture_tasks
 from arftlib.tools.search import load_search
 
 

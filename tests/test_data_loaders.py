@@ -12,10 +12,10 @@ import pytest
 from PIL import Image
 
 from arftlib.data.loaders import DataError, load_benchmark, load_multihop
-from arftlib.paths import reference_dir
+from arftlib.paths import MAT_CODING_DEMO
 from arftlib.types import Task
 
-DEMO = reference_dir() / "mat-coding-demo"
+DEMO = MAT_CODING_DEMO
 
 
 def _png(path: Path, size=(32, 24)) -> Path:

@@ -11,7 +11,7 @@ from PIL import Image
 
 from arftlib import prompts as P
 from arftlib.env import TOOL_METHODS, AgentEnv, task_from_row, task_to_row
-from arftlib.rollout import fixture_tasks
+from fixtures import fixture_tasks
 from arftlib.tools.search import load_search
 from arftlib.types import Observation, Task
 
@@ -238,7 +238,8 @@ def test_trl_discovers_exactly_the_tools():
     found = sorted(name for name, _ in inspect.getmembers(AgentEnv, predicate=inspect.isfunction)
                    if name not in ("reset", "get_reward") and not name.startswith("_"))
     assert found == sorted(TOOL_METHODS)
-    assert hasattr(AgentEnv, "reset") and hasattr(AgentEnv, "get_reward")
+    # no get_reward: the rubric's TRL adapter scores the trajectory (one scoring for training and evaluation)
+    assert hasattr(AgentEnv, "reset") and not hasattr(AgentEnv, "get_reward")
     env = AgentEnv()
     for name in TOOL_METHODS:
         schema = get_json_schema(getattr(env, name))
@@ -285,18 +286,50 @@ def test_reset_from_trl_row_and_tool_calls(coding_tasks, search_tasks, search, t
     assert search_tasks[0].answers[0] in env2.search(search_tasks[0].gold_chain[0]["content"])
 
 
-def test_get_reward(coding_tasks, tmp_path):
-    rewards = pytest.importorskip("arftlib.rewards")
-    env = AgentEnv(protocol="chat", work_dir=tmp_path)
+def test_rubric_scores_the_finished_episode_once(coding_tasks, tmp_path):
+    from arftlib.rewards import agentic_rubric, score_episode
+
+    rubric = agentic_rubric("coding")
+    env = AgentEnv(protocol="chat", work_dir=tmp_path, rubric=rubric)
     env.reset(**task_to_row(coding_tasks[0], "chat"))
     env.diagnose("{'rotation180'}")
     env.answer(coding_tasks[0].answers[0])
-    r = env.get_reward()
-    assert isinstance(r, float)
-    assert r == pytest.approx(rewards.score_trajectory(env.trajectory, rewards.agentic_rubric("coding"))["total"])
+    traj = env.trajectory
+    assert env.done and isinstance(traj.reward, float) and set(traj.reward_components) <= set(rubric.names)
+    assert traj.reward == pytest.approx(score_episode(traj, rubric)["total"])
+    # observations are typed: the diagnosis came back as the problem tool's text
+    assert traj.steps[0].observation.tool == "problem" and traj.steps[0].observation.error_category is None
     env.reset(**task_to_row(coding_tasks[0], "chat"))
-    r0 = env.get_reward()  # never answered: closed unanswered, still a number
-    assert env.done and r0 <= r
+    env.finish()  # never answered: closed unanswered, still scored
+    assert env.done and env.trajectory.reward <= traj.reward
+
+
+def test_tool_failures_are_typed_observations(coding_tasks, tmp_path):
+    env = AgentEnv(protocol="chat", work_dir=tmp_path, image_budget=1)
+    env.reset(**task_to_row(coding_tasks[0], "chat"))
+    env.run_code("raise RuntimeError('nope')")
+    bad = env.trajectory.steps[-1].observation
+    assert bad.kind == "error" and bad.tool == "code" and bad.error_category == "code_error" and not bad.is_evidence
+    env.run_code(CODE.split("```python\n")[1].split("```")[0])
+    ok = env.trajectory.steps[-1].observation
+    assert ok.kind == "image" and ok.is_evidence and ok.error_category is None
+    env.run_code("pass")  # over the image budget: refused, not run
+    assert env.trajectory.steps[-1].observation.error_category == "image_budget"
+    env.search("x")  # not a coding tool
+    assert env.trajectory.steps[-1].observation.error_category == "invalid_action"
+
+
+def test_broken_sandbox_fails_loud(coding_tasks, tmp_path):
+    from arftlib.tools.sandbox import CodeResult
+
+    def broken(code, image, **kw):
+        return CodeResult(ok=False, error="Sandbox unavailable: test", stdout="", output_image=None, elapsed_s=0.0,
+                          category="infra")
+
+    env = AgentEnv(protocol="chat", work_dir=tmp_path, code_runner=broken)
+    env.reset(**task_to_row(coding_tasks[0], "chat"))
+    with pytest.raises(RuntimeError, match="sandbox itself failed"):
+        env.run_code("pass")
 
 
 def test_fail_loud_on_bad_input(tmp_path):
@@ -314,3 +347,20 @@ def test_fail_loud_on_bad_input(tmp_path):
     t = Task(id="m", question="q?", images=[], answers=["a"], kind="multihop")
     env.reset(task=t)
     assert isinstance(env.step("<think> x </think><answer> a </answer>"), Observation)
+
+
+@pytest.mark.parametrize("with_title", [False, True])
+def test_training_data_and_the_live_env_render_search_hits_identically(search_tasks, search, with_title):
+    """One renderer (`prompts.render_search_hits`): the step-wise training prompt after a gold search holds exactly
+    the text the live environment shows after the same query."""
+    from arftlib.data.stepwise import expand_stepwise
+
+    task = search_tasks[1]
+    rows = expand_stepwise(task, search=search, k=4, search_with_title=with_title)
+    answer_row = next(r for r in rows if r["gold_action"] == "answer")
+    env = AgentEnv(protocol="tags", search=search, search_k=4, search_with_title=with_title)
+    env.reset(task)
+    obs = env.step(f"<think> look </think>\n<search> {task.gold_chain[0]['content']} </search>")
+    assert obs.tool == "search" and obs.hits and obs.text.startswith("<information> ")
+    assert obs.text in answer_row["context"]
+    assert answer_row["context"].endswith(obs.text)

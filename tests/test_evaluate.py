@@ -9,7 +9,7 @@ import pytest
 
 from arftlib.evaluate import BENCHMARKS, bootstrap_ci, group_table, results_records, run_eval
 from arftlib.metrics import score_records
-from arftlib.rollout import fixture_tasks
+from fixtures import fixture_tasks
 
 
 @pytest.fixture(scope="module")
@@ -108,12 +108,13 @@ def test_oracle_on_procedural_builds(builds, tmp_path, kind, protocol):
 
 def test_tiny_model_eval_and_bench(builds, fixture, tmp_path):
     pytest.importorskip("torch")
-    from arftlib.rollout import HFPolicy, bench_rollout
+    from arftlib.policies import HFPolicy
+    from experiments.bench_rollout import bench_rollout
 
     coding, _ = fixture
     policy = HFPolicy.from_pretrained("tiny", max_new_tokens=8)
     s = run_eval("synth-coding", "fixture", "tiny", "chat", tmp_path / "tiny", tasks=coding[:2], direct_baseline=True,
-                 max_turns=2, max_new_tokens=8, n_boot=50, progress=False, policy=policy)
+                 max_turns=2, eval_max_new_tokens=8, n_boot=50, progress=False, policy=policy)
     assert s["agent"]["rollout"]["episodes"] == 2 and s["agent"]["rollout"]["completion_tokens"] > 0
     assert 0.0 <= s["agent"]["scores"]["reference"]["f1"] <= 100.0
     assert s["direct"]["rollout"]["turns"] == 2

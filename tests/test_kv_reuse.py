@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from arftlib.rollout import EpisodeContext, HFPolicy, ScriptedPolicy, run_episodes
+from arftlib.policies import EpisodeContext, HFPolicy, ScriptedPolicy
+from arftlib.rollout import run_episodes
 
 torch = pytest.importorskip("torch")
 
@@ -108,16 +109,16 @@ def test_budget_bounds_the_cache_and_sampling_runs(tasks):
 
 def test_prepare_tokenizes_like_the_processor(tasks):
     from arftlib.env import AgentEnv
-    from arftlib.rollout import _images_of, _load_image
+    from arftlib.policies import images_of, load_image
 
     policy = HFPolicy.from_pretrained("tiny", max_new_tokens=4)
     for protocol in ("tags", "chat"):
         env = AgentEnv(protocol=protocol)
         env.reset(task=next(t for t in tasks if t.kind == "search"))
         text = policy.processor.apply_chat_template(env.messages, tokenize=False, add_generation_prompt=True)
-        images = _images_of(env.messages)
+        images = images_of(env.messages)
         ours = policy.engine.prepare(text, images)
-        theirs = policy.processor(text=[text], images=[_load_image(x, {}) for x in images], return_tensors="pt")
+        theirs = policy.processor(text=[text], images=[load_image(x, {}) for x in images], return_tensors="pt")
         assert ours.ids == theirs["input_ids"][0].tolist()
         pos, _ = policy.model.model.get_rope_index(theirs["input_ids"], mm_token_type_ids=theirs["mm_token_type_ids"],
                                                    image_grid_thw=theirs["image_grid_thw"])
@@ -125,7 +126,7 @@ def test_prepare_tokenizes_like_the_processor(tasks):
 
 
 def test_bench_rollout_reports_all_three_loops(tmp_path):
-    from arftlib.rollout import bench_rollout
+    from experiments.bench_rollout import bench_rollout
 
     r = bench_rollout(8, max_turns=2, max_new_tokens=6, threads=1, work_dir=tmp_path)
     assert r["kv_reuse"] is True and r["n_tasks"] == 8

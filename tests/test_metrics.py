@@ -4,6 +4,7 @@ documented defects; records fail loud; the CLI prints one JSON object."""
 from __future__ import annotations
 
 import doctest
+import gzip
 import json
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import pytest
 
 import arftlib.metrics as metrics
 from arftlib.metrics import f1_em, normalize_answer, score_file, score_records
-from arftlib.paths import REPO_ROOT, reference_dir
+from arftlib.paths import REFERENCE_PREDICTIONS, REPO_ROOT
 
 # (folder, file, benchmark, (F1, EM) all, (F1, EM) simple or None, (F1, EM) hard or None)
 # Reference figures from notes/facts.md (the reference notebooks' output).
@@ -35,9 +36,8 @@ REFERENCE_FIGURES = [
 
 
 def _results_file(folder: str, name: str):
-    # CI always has shared/ beside the clone; a missing folder is a failure, not a skip.
-    root = reference_dir() / "visual-arft-results"
-    path = root / folder / name
+    # shipped inside the package; a missing file is a failure, not a skip
+    path = REFERENCE_PREDICTIONS / folder / (name + ".gz")
     assert path.is_file(), f"reference results file missing: {path}"
     return path
 
@@ -69,7 +69,7 @@ def test_corrected_differs_on_7b_mat_coding_and_escaped_newline_fix_matches_sani
     assert cor["f1"] > ref["f1"] and cor["em"] > ref["em"]
     # Defect (b) in isolation: reference scoring with the golds' escaped newlines decoded gives the
     # figure in facts.md (55.68/41.00).
-    records = json.loads(path.read_text(encoding="utf-8"))
+    records = json.loads(gzip.decompress(path.read_bytes()).decode("utf-8"))
     decoded = [dict(r, gt=[g.replace("\\n", "\n") for g in r["gt"]]) for r in records]
     isolated = score_records(decoded, "mat-coding")
     assert (isolated["f1"], isolated["em"]) == (55.68, 41.00)

@@ -184,6 +184,40 @@ def test_tiny_model_path_reuses_and_rebuilds(qwen25_dir):
     assert not list(qwen25_dir.parent.glob(".qwen2_5_vl-build-*"))  # no temporary folders left
 
 
+def test_seeing_size_builds_separately_and_spends_few_tokens_on_micro_turns(cache_root, qwen25_dir):
+    """The `seeing` preset: ~5 M parameters, its own cache folder and marker, 16 image tokens per 112×112 image,
+    a gold micro code turn in few tokens; the toy cache is untouched."""
+    from arftlib.data import micro_coding as MC
+    from arftlib.turns import gold_turns
+
+    toy_stamp = (qwen25_dir / models.MARKER_FILE).stat().st_mtime_ns
+    path = models.tiny_model_path("qwen2_5_vl", size="seeing")
+    assert path != qwen25_dir and path.name == "qwen2_5_vl-seeing"
+    assert models.tiny_model_path("qwen2_5_vl", size="seeing") == path  # reused
+    assert (qwen25_dir / models.MARKER_FILE).stat().st_mtime_ns == toy_stamp
+    marker = json.loads((path / models.MARKER_FILE).read_text())
+    assert marker["size"] == "seeing" and marker["corpus_sha256"] == models.corpus_digest("seeing")
+    assert 4_000_000 < marker["parameters"] < 7_000_000
+    config = json.loads((path / "config.json").read_text())
+    assert config["text_config"]["hidden_size"] == 256 and config["vision_config"]["out_hidden_size"] == 256
+    processor = AutoProcessor.from_pretrained(path)
+    model = AutoModelForImageTextToText.from_pretrained(path)
+    enc = image_prompt(processor)
+    image_pad = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    assert int((enc["input_ids"] == image_pad).sum()) == 16
+    assert model(**enc).logits.shape[-1] == len(processor.tokenizer)
+    tok = processor.tokenizer
+    item = MC.make_item({"index": 0, "split": "train", "difficulty": "simple", "labels": ["dark"],
+                         "question_type": "color"}, seed=0)
+    problem, code, answer = gold_turns(item.task)
+    assert tok.decode(tok.encode(code, add_special_tokens=False)) == code
+    assert len(tok.encode(code, add_special_tokens=False)) <= 60  # the toy tokenizer needs ~100
+    for tag in models.TAG_TOKENS:
+        assert len(tok.encode(tag, add_special_tokens=False)) == 1
+    with pytest.raises(ValueError, match="unknown tiny-model size"):
+        models.tiny_model_path("qwen2_5_vl", size="huge")
+
+
 # ------------------------------------------------------------------------------------------------- loading
 
 def test_load_policy_tiny(qwen25_dir):

@@ -15,7 +15,6 @@ from arftlib.parse import (
     MAX_PAYLOAD_CHARS,
     MAX_TURN_CHARS,
     apply_reference_crop,
-    crop_box_pixels,
     extract_crop_box,
     format_ok,
     parse_action,
@@ -27,7 +26,7 @@ from arftlib.parse import (
     reference_turn_kinds,
     strip_code_fences,
 )
-from arftlib.types import ACTION_KINDS, DEGRADATIONS
+from arftlib.types import ACTION_KINDS, DEGRADATIONS, grid_box_to_pixels
 
 FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -318,7 +317,7 @@ def test_crop_box_reference_example():
         "normalized ranging from 0 to 1000 by the image width and height. "
     )
     assert extract_crop_box(q) == (366, 723, 506, 851)
-    assert crop_box_pixels((366, 723, 506, 851), 800, 600) == (292, 433, 404, 510)
+    assert grid_box_to_pixels((366, 723, 506, 851), 800, 600) == (292, 433, 404, 510)
     assert extract_crop_box("[1, 2, 3]") is None
     assert extract_crop_box("[10, 20, 1200, 40]") is None
     assert extract_crop_box("first [1, 2, 3, 4] then [5, 6, 7, 8]") == (1, 2, 3, 4)
@@ -366,3 +365,28 @@ def test_no_catastrophic_backtracking():
     parse_action("<think>" + "<" * 100_000 + "</think><answer>x</answer>")
     format_ok("<think>t</think><problem>{" + "'a'," * 10_000 + "</problem>")
     assert time.perf_counter() - t0 < 5.0
+
+
+def test_action_records_its_blocks_and_strict_format():
+    a = parse_action("<think> t </think>\n<search> q </search>")
+    assert a.blocks == ["search"] and a.format_ok and a.strict_kind == "search" and a.extra_tool_calls == 0
+    hedge = parse_action("<think>t</think><search>a</search><search>b</search><answer>c</answer>")
+    assert hedge.kind == "answer" and hedge.strict_kind == "invalid" and hedge.extra_tool_calls == 1
+    assert not hedge.format_ok
+    assert not parse_action("<search> q </search>").format_ok  # no think
+    assert not parse_action("<think>t</think><problem> dark </problem>").format_ok  # not a set literal
+    assert parse_action("<think>t</think><problem> {'dark'} </problem>").format_ok
+    # strict format == the public checker, for every kind restriction
+    for text in ("<think>t</think><answer>x</answer>", "<think>t</think><code>```python\nx=1\n```</code>"):
+        assert format_ok(text) == parse_action(text).format_ok
+
+
+def test_reference_turn_reads_like_the_reference_rewards():
+    from arftlib.parse import reference_turn
+
+    r = reference_turn("<think>t</think>\n<answer>Paris\nFrance</answer>")
+    assert r.answer == r.text.strip()  # the single-line regex misses a two-line answer: the whole turn is used
+    assert reference_turn("<search>a</search><search>b</search>").query == "a"
+    assert not reference_turn("<think>a</think><think>b</think><answer>x</answer>").format_ok("search", None)
+    assert reference_turn("<think>x</think><code>```python\npass\n```</code>").format_ok("coding", "code")
+    assert not reference_turn("<think>x</think><code>```python\npass\n```</code>").format_ok("coding", "problem")

@@ -7,16 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from arftlib.rollout import (
-    EpisodeContext,
-    Generation,
-    HFPolicy,
-    ScriptedPolicy,
-    VLLMPolicy,
-    gold_turns,
-    run_episodes,
-    summarize,
-)
+from arftlib.policies import EpisodeContext, Generation, HFPolicy, ScriptedPolicy, VLLMPolicy
+from arftlib.rollout import run_episodes, summarize
+from arftlib.turns import gold_turns
 from arftlib.trajectories import TrajectoryWriter, read_trajectories
 from arftlib.types import Trajectory
 

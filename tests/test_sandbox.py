@@ -254,12 +254,27 @@ def test_threads_work_inside(images, tmp_path):
     assert run(code, images["card"], tmp_path).ok
 
 
-def test_extract_code():
-    assert sb.extract_code("```python\nprint(1)\n```") == "print(1)\n"
-    assert sb.extract_code("<code>```python\n  x = 1\n  print(x)\n```</code>") == "x = 1\nprint(x)\n"
-    assert sb.extract_code("```py\na = 1\n```\ntext\n```python\nb = a\n```") == "a = 1\n\nb = a\n"
-    assert sb.extract_code("```python\nprint(2)\n") == "print(2)\n"  # truncated generation
-    assert sb.extract_code("print(3)") == "print(3)\n"
+def test_extract_code_is_the_parsers_fence_rule():
+    from arftlib.parse import parse_action
+
+    assert sb.extract_code("```python\nprint(1)\n```") == ("print(1)\n", None)
+    assert sb.extract_code("```python\n  x = 1\n  print(x)\n```") == ("x = 1\nprint(x)\n", None)
+    assert sb.extract_code("print(3)") == ("print(3)\n", None)
+    # the first fence only, and an unclosed fence is an error: exactly what the parser does with <code> payloads
+    two = "```py\na = 1\n```\ntext\n```python\nb = a\n```"
+    assert sb.extract_code(two) == ("a = 1\n", None)
+    assert parse_action(f"<think>t</think><code>{two}</code>").content == "a = 1"
+    assert sb.extract_code("```python\nprint(2)\n")[1] == "unclosed ``` fence in <code>"
+    assert parse_action("<think>t</think><code>```python\nprint(2)\n</code>").error == "unclosed ``` fence in <code>"
+
+
+def test_unclosed_fence_is_an_error_result(tmp_path):
+    img = tmp_path / "in.png"
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(img)
+    res = sb.run_image_code("```python\nimport cv2\n", str(img))
+    assert not res.ok and res.category == "error" and "unclosed" in res.error
 
 
 def test_model_errors_come_back_as_observations(images, tmp_path):

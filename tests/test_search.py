@@ -13,6 +13,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from arftlib.tools import search as S
+from arftlib.prompts import render_search_error as render_error
+from arftlib.prompts import render_search_hits as render_information
 from arftlib.tools.search import (
     CorpusFormatError,
     Hit,
@@ -23,8 +25,6 @@ from arftlib.tools.search import (
     SearchError,
     TransientSearchError,
     load_search,
-    render_error,
-    render_information,
     safe_search,
     safe_search_many,
     write_corpus_jsonl,

@@ -12,14 +12,16 @@ from hypothesis import strategies as st
 
 from arftlib.env import AgentEnv, task_to_row, tool_functions
 from arftlib.parse import ToolCall, parse_tool_call
-from arftlib.rollout import EpisodeContext, ScriptedPolicy, gold_tool_turns, run_episodes, summarize
+from arftlib.policies import EpisodeContext, ScriptedPolicy
+from arftlib.rollout import run_episodes, summarize
+from arftlib.turns import gold_tool_turns
 
 
 @pytest.mark.parametrize("text, expected", [
     ('<tool_call>\n{"name": "search", "arguments": {"query": "Paris"}}\n</tool_call>',
      ToolCall(name="search", arguments={"query": "Paris"})),
     ('<think> x </think><tool_call>{"name": "answer", "arguments": "{\\"answer\\": \\"4\\"}"}</tool_call>',
-     ToolCall(name="answer", arguments={"answer": "4"})),
+     ToolCall(name="answer", arguments={"answer": "4"}, think="x", clean=True)),
     ('<tool_call>{"name": "a", "arguments": {}}</tool_call><tool_call>{"name": "b"}</tool_call>',
      ToolCall(name="a", arguments={}, count=2)),
 ])
@@ -56,13 +58,13 @@ def test_oracle_through_tool_calls_scores_full_marks(tasks, search, tmp_path):
 
 
 def test_the_prompt_is_what_trl_renders_and_tool_turns_carry_images(tasks, tmp_path):
-    from arftlib.rollout import HFPolicy
+    from arftlib.policies import HFPolicy
 
     policy = HFPolicy.from_pretrained("tiny", max_new_tokens=4)
     task = tasks[0]  # a coding task whose gold chain runs code
     env = AgentEnv(protocol="chat", tool_calls=True, work_dir=str(tmp_path))
     env.reset(task=task)
-    ctx = EpisodeContext(task, 0, "e", "chat", tool_calls=True)
+    ctx = EpisodeContext(task, 0, "e", "chat", tool_format="json")
     ours = policy.chat_text(env.messages, ctx)
     row = task_to_row(task, "chat")  # TRL: the row's prompt with the environment's methods as tools
     theirs = policy.processor.apply_chat_template(row["prompt"], tools=tool_functions(), tokenize=False,
@@ -81,8 +83,6 @@ def test_the_prompt_is_what_trl_renders_and_tool_turns_carry_images(tasks, tmp_p
 def test_malformed_unknown_and_missing_calls(tasks, tmp_path):
     env = AgentEnv(protocol="chat", tool_calls=True, work_dir=str(tmp_path))
     env.reset(task=tasks[0])
-    obs = env.step("<tool_call>{bad json}</tool_call>")
-    assert env.trajectory.steps[-1].action.kind == "invalid" and "not valid JSON" in obs.text and not env.done
     obs = env.step('<tool_call>{"name": "rotate", "arguments": {}}</tool_call>')
     assert "unknown tool 'rotate'" in obs.text and not env.done
     env.step('<tool_call>{"name": "search", "arguments": {"query": "x"}}</tool_call>')  # not a coding tool
@@ -90,13 +90,50 @@ def test_malformed_unknown_and_missing_calls(tasks, tmp_path):
     env.step("I think the answer is 42.")  # no tool call: TRL's loop would stop here, so does the episode
     assert env.done and env.trajectory.steps[-1].action.kind == "invalid"
     assert env.trajectory.steps[-1].model_text == "I think the answer is 42."  # shown ...
-    assert env.trajectory.metrics["invalid_turns"] == 3 and env.trajectory.final_answer in (None, "")  # not scored
-    assert env.trajectory.metrics["turns"] == 3
+    assert not env.trajectory.steps[-1].scored  # ... not scored
+    assert env.trajectory.metrics["invalid_turns"] == 2 and env.trajectory.final_answer in (None, "")
+    assert env.trajectory.metrics["turns"] == 2
+    # a call TRL's response parser cannot read is no call at all: the loop (and the episode) ends there
+    env.reset(task=tasks[0])
+    env.step("<tool_call>{bad json}</tool_call>")
+    assert env.done and not env.trajectory.steps[-1].scored
     env.reset(task=tasks[0])
     env.step("<think> sure </think>\n<answer> " + tasks[0].answers[0] + " </answer>")  # an answer without a call
     assert env.done and env.trajectory.metrics["f1"] == 1.0
-    with pytest.raises(ValueError, match="tool_calls=True"):
+    with pytest.raises(ValueError, match="tool-call form"):
         AgentEnv(protocol="tags", tool_calls=True)
+
+
+def test_tags_tool_form_reads_turns_as_trl_does(tasks, tmp_path):
+    """The "tags" form: `<code>` / `<problem>` / `<search>` are calls of TagToolEnv's tools, read by the same
+    response template TRL parses with; `<answer>` is no call and ends the episode."""
+    from arftlib.env import TagToolEnv, make_env, tool_functions
+    from arftlib.tool_format import read_tool_calls
+    from arftlib.turns import gold_turns
+
+    task = tasks[0]
+    env = make_env(protocol="chat", tool_calls="tags", work_dir=str(tmp_path))
+    assert isinstance(env, TagToolEnv) and [f.__name__ for f in tool_functions(env)] == ["code", "problem", "search"]
+    env.reset(task=task)
+    for turn in gold_turns(task):
+        calls, _ = read_tool_calls("tags", turn)
+        assert [n for n, _ in calls] in ([], ["problem"], ["code"])
+        env.step(turn)
+    traj = env.trajectory
+    assert env.done and traj.metrics["f1"] == 1.0 and traj.metrics["tool_errors"] == 0
+    assert [s.action.kind for s in traj.steps] == ["problem", "code", "answer"]
+    assert all(s.action.format_ok for s in traj.steps) and traj.steps[1].observation.kind == "image"
+    assert [m["role"] for m in env.messages][-2:] == ["assistant", "tool"] or env.done
+    # two calls in one turn: both run, as TRL runs them; the turn's action records both blocks
+    env.reset(task=task)
+    two = gold_turns(task)[0] + "\n" + gold_turns(task)[1].split("</think>", 1)[1]
+    env.step(two)
+    assert len(env.trajectory.steps) == 2 and env.trajectory.steps[0].action.blocks == ["problem", "code"]
+    assert env.trajectory.steps[0].action.extra_tool_calls == 0 and not env.trajectory.steps[0].action.format_ok
+    roles = [m["role"] for m in env.messages]
+    assert roles[-3:] == ["assistant", "tool", "tool"]  # one assistant turn, two tool results
+    with pytest.raises(ValueError, match="TagToolEnv"):
+        AgentEnv(protocol="chat", tool_calls="tags")
 
 
 def test_gold_tool_turns_are_json_calls(tasks):
@@ -108,7 +145,7 @@ def test_gold_tool_turns_are_json_calls(tasks):
 
 
 def test_sft_rows_are_the_prompt_trl_renders(tasks):
-    from arftlib.agentic_demo import tool_call_sft_dataset
+    from experiments.agentic_demo import tool_call_sft_dataset
     from arftlib.models import load_policy
 
     _, processor = load_policy("tiny")

@@ -1,4 +1,4 @@
-"""train.py: GRPO on TRL's GRPOTrainer with the tiny model on CPU.
+"""arftlib.train: GRPO on TRL's GRPOTrainer with the tiny model on CPU.
 
 What is checked
 * configuration: profiles → GRPOConfig, shipped DeepSpeed/accelerate configs, the CLI arguments;
@@ -80,6 +80,9 @@ def test_grpo_config_from_profiles():
         assert pargs.beta == 0.04 and pargs.num_generations == 8 and pargs.deepspeed
     big = T.grpo_config(get_config("qwen2.5-vl-3b-qlora-24gb"), "stepwise", "/tmp/x")
     assert big.num_generations == 8 and big.activation_checkpointing is True
+    # vLLM asked for but absent (or no CUDA): a clear error, never a silent fallback
+    with pytest.raises((ImportError, RuntimeError), match="vLLM|vllm"):
+        T.grpo_config(cfg.replace(use_vllm=True), "stepwise", "/tmp/x")
 
 
 def test_shipped_distributed_configs():
@@ -95,8 +98,10 @@ def test_shipped_distributed_configs():
 def test_cli_arguments():
     import argparse
 
+    from arftlib.train.cli import add_train_arguments
+
     p = argparse.ArgumentParser()
-    T.add_train_arguments(p)
+    add_train_arguments(p)
     a = p.parse_args(["--profile", "tiny-cpu", "--mode", "agentic", "--data", "D", "--model", "M", "--resume",
                       "--out", "O", "--max-steps", "3", "--set", "learning_rate=1e-4"])
     assert (a.profile, a.mode, a.data, a.model, a.resume, a.out, a.max_steps) == (
@@ -144,7 +149,8 @@ def test_stepwise_run_logs_rollouts_with_trl_advantages(coding_data, tmp_path):
         assert t.reward_components and set(t.reward_components) <= set(names)
         assert "paper_format" in t.reward_components
         assert t.steps and t.steps[0].action.kind in ("search", "code", "problem", "answer", "invalid")
-        assert t.task.metadata["step_type"] in ("pre_problem", "pre_code", "pre_answer")
+        assert t.start_step is not None  # a step-wise sample: the task (from the row's `task` column) and its step
+        assert t.task.gold_chain[t.start_step]["action"] in ("problem", "code", "answer")
         total = sum(weights[k] * v for k, v in t.reward_components.items())
         assert math.isclose(t.reward, total, abs_tol=1e-6)
         groups[t.group_id].append(t)
@@ -163,21 +169,27 @@ def test_stepwise_run_logs_rollouts_with_trl_advantages(coding_data, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ agentic
-def test_agentic_tool_tokens_are_masked_exactly(coding_data, tmp_path):
-    """One real rollout: the first turn of completion 0 is scripted to call `run_code` (the sandbox runs it and
-    returns the rotated image as an image); everything else is sampled by the tiny policy."""
-    cfg = _tiny(max_steps=1, max_completion_length=160)
+@pytest.mark.parametrize("form", ["tags", "json"])
+def test_agentic_tool_tokens_are_masked_exactly(coding_data, tmp_path, form):
+    """One real rollout: the first turn of completion 0 is scripted to run code — as the paper's `<code>` tag (the
+    "tags" tool form) or a `run_code` JSON call — (the sandbox runs it and returns the rotated image as an image);
+    everything else is sampled by the tiny policy."""
+    cfg = _tiny(max_steps=1, max_completion_length=160, tool_format=form)
     b = T.build_trainer(cfg, "agentic", data=coding_data, out_dir=tmp_path)
     tr, proc = b.trainer, b.processor
     tok = proc.tokenizer
-    # the tools TRL offers (and renders into the prompt) are the ones evaluation renders with --tool-calls
-    from arftlib.env import tool_functions
+    # the tools TRL offers are the environment's of this form, the ones evaluation uses with --tool-calls FORM
+    from arftlib.env import make_env, tool_functions
 
-    assert [f.__name__ for f in next(iter(tr._env_tools.values()))] == [f.__name__ for f in tool_functions()]
+    env = make_env(protocol="chat", tool_calls=form)
+    assert [f.__name__ for f in next(iter(tr._env_tools.values()))] == [f.__name__ for f in tool_functions(env)]
     code = ("import cv2\nimg = cv2.imread('path_to_input_image.jpg')\n"
             "cv2.imwrite('path_to_output_image.jpg', cv2.rotate(img, cv2.ROTATE_90_CLOCKWISE))")
-    call = json.dumps({"name": "run_code", "arguments": {"code": code}})
-    forced = tok.encode(f"<think> the image is rotated </think>\n<tool_call>\n{call}\n</tool_call>",
+    if form == "json":
+        call = "<tool_call>\n" + json.dumps({"name": "run_code", "arguments": {"code": code}}) + "\n</tool_call>"
+    else:
+        call = f"<code>\n```python\n{code}\n```\n</code>"
+    forced = tok.encode(f"<think> the image is rotated </think>\n{call}",
                         add_special_tokens=False) + [tok.convert_tokens_to_ids("<|im_end|>")]
     original = tr._generate_single_turn
     calls = {"n": 0}
@@ -233,19 +245,32 @@ def test_agentic_tool_tokens_are_masked_exactly(coding_data, tmp_path):
     # the logged trajectory: the whole turn, the tool result, reward per component and TRL's advantage
     assert "<think>" in traj.steps[0].model_text and traj.steps[0].observation.kind == "image"
     assert traj.metrics["masked_tool_tokens"] == end - start
-    assert traj.advantage is not None and set(traj.reward_components) <= set(b.traj_log.names)
+    assert traj.advantage is not None and set(traj.reward_components) <= set(b.rewards.names)
     assert "format" in traj.reward_components and "executed_code" in traj.reward_components
 
 
 # ------------------------------------------------------------------------------------------------ resume
 _CRASH = """
 import sys
+from transformers import TrainerCallback
 from arftlib import train as T
 from arftlib.config import get_config
+
+
+class SimulatedCrash(RuntimeError):
+    pass
+
+
+class StopAfterStep3(TrainerCallback):  # a run killed after step 3, before that step could be checkpointed
+    def on_step_end(self, args, state, control, **kw):
+        if state.global_step >= 3:
+            raise SimulatedCrash(f"simulated crash after step {state.global_step}")
+
+
 cfg = get_config("tiny-cpu", max_steps=4, save_steps=2, per_device_train_batch_size=8, num_generations=4)
 try:
-    T.train(cfg, "stepwise", data=sys.argv[1], out_dir=sys.argv[2], callbacks=[T.StopAfterSteps(3)])
-except T.SimulatedCrash:
+    T.train(cfg, "stepwise", data=sys.argv[1], out_dir=sys.argv[2], callbacks=[StopAfterStep3()])
+except SimulatedCrash:
     sys.exit(3)
 """
 
@@ -296,7 +321,9 @@ def test_qlora_and_full_finetuning_run(coding_data, tmp_path, variant):
 # ------------------------------------------------------------------------------------------------ learning
 def test_learning_short_direction(tmp_path):
     """CI's short learning check: SFT warm start, then GRPO; the held-out reward goes up by a margin."""
-    r = T.learning_demo(tmp_path, **T.LEARNING_DEMO_SHORT)
+    from experiments.stepwise_learning import LEARNING_DEMO_SHORT, learning_demo
+
+    r = learning_demo(tmp_path, **LEARNING_DEMO_SHORT)
     assert r["adapter_changed"]
     assert r["heldout_reward_after"] >= r["heldout_reward_before"] + 0.05, r
 
@@ -304,7 +331,9 @@ def test_learning_short_direction(tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(os.environ.get("ARFT_LEARNING_FULL") != "1", reason="~10 min; set ARFT_LEARNING_FULL=1")
 def test_learning_demo_full(tmp_path):
-    r = T.learning_demo(tmp_path)
+    from experiments.stepwise_learning import learning_demo
+
+    r = learning_demo(tmp_path)
     assert r["adapter_changed"]
     assert r["heldout_reward_after"] - r["heldout_reward_before"] >= 0.15, r
     assert r["run_s"] <= 600, r  # warm start + GRPO + both evaluations (the data build is reported apart)
@@ -312,9 +341,8 @@ def test_learning_demo_full(tmp_path):
 
 def test_agentic_learning_demo_runs_end_to_end(tmp_path):
     """The agentic experiment's pipeline, tiny: warm start on the diagnose tool call, held-out tool-call
-    episodes, agentic GRPO, the same episodes again. (It measures; it does not show learning yet — see
-    arftlib/agentic_demo.py for the figures.)"""
-    from arftlib.agentic_demo import agentic_learning_demo
+    episodes, agentic GRPO, the same episodes again (the pipeline runs; it does not claim learning)."""
+    from experiments.agentic_demo import agentic_learning_demo
 
     r = agentic_learning_demo(tmp_path / "demo", n_tasks=24, sft_steps=2, grpo_steps=1, heldout_tasks=2,
                               samples_per_task=1, config_overrides={"per_device_train_batch_size": 8,

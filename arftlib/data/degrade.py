@@ -49,7 +49,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from arftlib.types import DEGRADATIONS
+from arftlib.types import DEGRADATIONS, grid_box_to_pixels
 
 GEOMETRIC = ("rotation90", "rotation180")
 PHOTOMETRIC = ("dark", "overexposure", "blur", "noise")
@@ -153,15 +153,9 @@ def degrade(img: np.ndarray, labels: Sequence[str], params: dict[str, dict[str, 
     return out
 
 
-def crop_pixels(box: Sequence[int], width: int, height: int) -> tuple[int, int, int, int]:
-    """0–1000 grid box → pixel box (x_min, y_min, x_max, y_max), `int(v / 1000 * size)` as the reference."""
-    x1, y1, x2, y2 = box
-    return int(x1 / 1000 * width), int(y1 / 1000 * height), int(x2 / 1000 * width), int(y2 / 1000 * height)
-
-
 def crop_array(img: np.ndarray, box: Sequence[int]) -> np.ndarray:
     """The pixels inside a 0–1000 grid box."""
-    x0, y0, x1, y1 = crop_pixels(box, img.shape[1], img.shape[0])
+    x0, y0, x1, y1 = grid_box_to_pixels(box, img.shape[1], img.shape[0])
     return np.ascontiguousarray(img[y0:y1, x0:x1])
 
 

@@ -447,11 +447,52 @@ def load_multihop(path: str | Path, name: str = "multihop") -> LoadedTasks:
     return LoadedTasks(tasks, report)
 
 
+# ------------------------------------------------------------------------------------------ built folders
+def load_built(out: str | Path) -> list[Task]:
+    """The tasks of a build folder (`data.build.build_dataset` output), with image paths (and a relative corpus) made absolute; checks every line."""
+    out = Path(out)
+    path = out / "tasks.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{out}: no tasks.jsonl (not a build folder?)")
+    tasks, seen = [], {}
+    fields = set(Task.__dataclass_fields__)
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            idx = len(tasks)
+            try:
+                d = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(path, idx, None, None, f"not valid JSON ({e})", lineno) from None
+            if not isinstance(d, dict):
+                raise DataError(path, idx, None, None, "line is not a JSON object", lineno)
+            missing = {"id", "question", "images", "answers", "kind"} - set(d)
+            if missing:
+                raise DataError(path, idx, d.get("id"), sorted(missing)[0], "missing field", lineno)
+            extra = set(d) - fields
+            if extra:
+                raise DataError(path, idx, d.get("id"), sorted(extra)[0], "unknown Task field", lineno)
+            t = Task.from_dict(d)
+            if t.id in seen:
+                raise DataError(path, idx, t.id, "id", f"duplicate id (first on record {seen[t.id]})", lineno)
+            seen[t.id] = idx
+            t.images = [str((out / p).resolve()) for p in t.images]
+            if t.clean_image:
+                t.clean_image = str((out / t.clean_image).resolve())
+            for p in t.images:
+                if not Path(p).is_file():
+                    raise DataError(path, idx, t.id, "images", f"image file not found: {p}", lineno)
+            if t.metadata.get("corpus") == "corpus.jsonl":
+                t.metadata["corpus"] = str((out / "corpus.jsonl").resolve())
+            tasks.append(t)
+    return tasks
+
+
+
 # ------------------------------------------------------------------------------------------ dispatch
 def _built(name: str) -> Callable[..., LoadedTasks]:
     def load(path: str | Path, **kw: Any) -> LoadedTasks:
-        from arftlib.data.build import load_built
-
         tasks = load_built(path)
         wrong = {t.benchmark for t in tasks} - {name}
         if wrong:
@@ -469,6 +510,8 @@ LOADERS: dict[str, Callable[..., LoadedTasks]] = {
     **{n: (lambda path, _n=n, **kw: load_multihop(path, _n)) for n in MULTIHOP},
     "synth-coding": _built("synth-coding"),
     "synth-search": _built("synth-search"),
+    "micro-coding": _built("micro-coding"),
+    "micro-search": _built("micro-search"),
 }
 BENCHMARKS = tuple(LOADERS)
 

@@ -53,7 +53,8 @@ What it does
   them, images resized to 720×720 as the reference does. Records are validated by `arftlib.data.loaders`
   (its `DataError` names file, record and field); a solution that lacks its row's action fails loud too.
 
-Columns (step-wise): `prompt`, `image`, `solution`, `step_type` (`pre_problem`/`pre_code`/`pre_answer` for
+Columns (step-wise): `prompt`, `image`, `task` (JSON of the row's `Task`: rewards read the gold step as
+`task.gold_chain[step_index]`, never the prompt), `solution`, `step_type` (`pre_problem`/`pre_code`/`pre_answer` for
 coding, `search` for every search-family step, as in `prompts.STEP_TYPES`), `gold_action` (the solution's
 action: problem/code/search/answer — what rewards dispatch on), `step_index`, `n_steps`, `kind`,
 `task_id`, `row_id` (`task_id/step_index`), `benchmark`, `split`, `answers`, `gt` (first answer, the
@@ -62,7 +63,7 @@ set literal, else ""), `degradations`, `clean_image` (path or None), `input_imag
 this row), `context` (the chain text after the query block). Episode rows: `prompt` (initial messages,
 `prompts.build_messages(task, protocol, [])`), `image`, `task` (JSON of `Task.to_dict()`), `task_id`,
 `kind`, `benchmark`, `split`, `answers`, `degradations`, `clean_image`, `input_image`, `protocol` — the
-rows are `arftlib.env.task_to_row`'s (the environment's `reset(**row)` contract lives there, not here);
+rows are `arftlib.rows.task_to_row`'s (the environment's `reset(**row)` contract lives there, not here);
 extra plain columns it may add later are carried with inferred features.
 
 What it leaves out / reconstructs: the reference's `context` strings and the search rows' partial chains
@@ -90,8 +91,10 @@ from typing import Any
 from PIL import Image
 
 from arftlib import prompts as P
-from arftlib.parse import parse_action, reference_problems, reference_search_query
-from arftlib.types import TASK_KINDS, Task
+from arftlib.parse import parse_action, reference_problems, reference_search_query, reference_turn
+from arftlib.rows import placeholder_messages, task_column, task_to_row
+from arftlib.turns import gold_turn, problem_labels
+from arftlib.types import Task, allowed_actions, grid_box_to_pixels, task_family
 
 __all__ = [
     "CODING_STEP_TYPES",
@@ -103,7 +106,6 @@ __all__ = [
     "episode_dataset",
     "episode_row",
     "expand_stepwise",
-    "gold_turn",
     "load_datasets",
     "load_paper_stepwise",
     "save_datasets",
@@ -116,7 +118,7 @@ _CODING_STEP_OF = {"problem": "pre_problem", "code": "pre_code", "answer": "pre_
 PAPER_IMAGE_SIZE = (720, 720)  # grpo_agent_*.py: PIL.Image.open(image_path).resize((720,720))
 
 STEPWISE_COLUMNS = (
-    "prompt", "image", "solution", "step_type", "gold_action", "step_index", "n_steps", "kind", "task_id",
+    "prompt", "image", "task", "solution", "step_type", "gold_action", "step_index", "n_steps", "kind", "task_id",
     "row_id", "benchmark", "split", "answers", "gt", "gold_query", "gold_problem", "degradations",
     "clean_image", "input_image", "context",
 )
@@ -134,91 +136,15 @@ class StepwiseError(ValueError):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Gold turns
+# Gold chains
 # ----------------------------------------------------------------------------------------------------------
-_LABEL_SEEN = {
-    "rotation90": "the content is turned sideways by 90 degrees",
-    "rotation180": "the content is upside down",
-    "dark": "the image is too dark to read",
-    "overexposure": "the image is washed out by overexposure",
-    "blur": "the image is blurry",
-    "noise": "the image is covered in noise",
-    "crop": "the question asks about a small region given by a box",
-    "none": "the image is clear and upright, with no visible issue",
-}
-_LABEL_FIX = {
-    "rotation90": "rotate it back upright",
-    "rotation180": "rotate it by 180 degrees",
-    "dark": "brighten it",
-    "overexposure": "bring the highlights back down",
-    "blur": "sharpen it",
-    "noise": "denoise it",
-    "crop": "crop the box and enlarge it",
-    "none": "leave it as it is",
-}
-
-
-def _family(kind: str) -> str:
-    if kind not in TASK_KINDS:
-        raise StepwiseError(f"unknown task kind {kind!r}; use one of {TASK_KINDS}")
-    return "coding" if kind == "coding" else "search"
-
-
-def _labels_of(payload: str) -> list[str]:
-    labs = reference_problems(f"<problem> {payload} </problem>")
-    return labs or sorted(x.strip().strip("'\"") for x in payload.strip().strip("{}").split(",") if x.strip())
-
-
-def _default_think(action: str, content: str, task: Task, labels: Sequence[str]) -> str:
-    if action == "problem":
-        seen = [_LABEL_SEEN.get(x, x) for x in _labels_of(content)]
-        return "Initial analysis of the image: " + "; ".join(seen) + "."
-    if action == "code":
-        order = sorted(labels, key=lambda x: (x not in ("rotation90", "rotation180"), x == "crop"))  # as the code
-        fixes = [_LABEL_FIX.get(x, x) for x in order] or ["process it"]
-        return "I will " + " and ".join(fixes) + " with OpenCV, then save the processed image."
-    if action == "search":
-        return f"I need more information before I can answer, so I will look up: {content.strip()}"
-    # answer
-    if task.kind == "coding":
-        if labels and list(labels) != ["none"]:
-            return "The processed image is clear now, so I can read the answer from it."
-        return "The image has no issues, so I can read the answer directly."
-    return "From the information gathered so far I can derive the answer."
-
-
-def gold_turn(step: Mapping[str, Any], task: Task, labels: Sequence[str] = ()) -> str:
-    """The model turn for one gold-chain entry: `<think> … </think>\\n<ACTION> payload </ACTION>`.
-
-    A `content` that already contains its own action tag is returned unchanged; otherwise the think text is
-    `step["think"]` or a deterministic template (`labels` = the task's diagnosis, used by the code and answer
-    templates). Code is fenced the way the reference prompt shows: `<code>\\n```python\\n…\\n```\\n</code>`.
-
-    >>> t = Task(id="1", question="Q?", images=["x.png"], answers=["7"], kind="coding")
-    >>> gold_turn({"action": "problem", "content": "{'dark'}", "think": "too dark"}, t)
-    "<think> too dark </think>\\n<problem> {'dark'} </problem>"
-    >>> gold_turn({"action": "code", "content": "import cv2\\n", "think": "fix"}, t)
-    '<think> fix </think>\\n<code>\\n```python\\nimport cv2\\n```\\n</code>'
-    """
-    action, content = str(step["action"]), str(step["content"])
-    if f"<{action}>" in content and f"</{action}>" in content:
-        return content
-    think = str(step.get("think") or _default_think(action, content, task, labels)).strip()
-    if action == "code":
-        body = content.strip("\n")
-        if not body.lstrip().startswith("```"):
-            body = "```python\n" + body + "\n```"
-        return f"<think> {think} </think>\n<code>\n{body}\n</code>"
-    return f"<think> {think} </think>\n<{action}> {content.strip()} </{action}>"
-
-
 def _check_chain(task: Task) -> list[dict[str, Any]]:
-    fam = _family(task.kind)
+    fam = task_family(task.kind)
     chain = task.gold_chain
     where = f"task {task.id!r}"
     if not isinstance(chain, list) or not chain:
         raise StepwiseError(f"{where}: gold_chain is empty; step-wise expansion needs a gold chain")
-    allowed = ("problem", "code", "answer") if fam == "coding" else ("search", "answer")
+    allowed = allowed_actions(task.kind)
     for i, step in enumerate(chain):
         if not isinstance(step, Mapping):
             raise StepwiseError(f"{where}: gold_chain[{i}] is {type(step).__name__}, not a dict")
@@ -253,10 +179,7 @@ def _load_image(path: str, size: Sequence[int] | None, where: str) -> Image.Imag
 
 def _crop_enlarge(img: Image.Image, box: Sequence[int]) -> Image.Image:
     """The gold crop code's output in memory: 0–1000 box → pixels with `int(v / 1000 * size)`, ×2 bicubic."""
-    w, h = img.size
-    x1, y1, x2, y2 = (int(v) for v in box)
-    px = (int(x1 / 1000 * w), int(y1 / 1000 * h), int(x2 / 1000 * w), int(y2 / 1000 * h))
-    out = img.crop(px)
+    out = img.crop(grid_box_to_pixels(box, *img.size))
     return out.resize((out.width * 2, out.height * 2), Image.Resampling.BICUBIC)
 
 
@@ -305,24 +228,7 @@ def _search_observation(task: Task, i: int, step: Mapping[str, Any], backends: d
         hits = search.search(query, k)
     except Exception as e:  # noqa: BLE001 - data building fails loud, naming the task
         raise StepwiseError(f"task {task.id!r}: gold_chain[{i}]: search for {query!r} failed: {e}") from e
-    if with_title:
-        from arftlib.tools.search import render_information
-
-        return render_information(hits, k, with_title=True)
-    return P.render_search_hits(hits, k)
-
-
-def _placeholder_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Messages with every image block reduced to `{"type": "image"}` (TRL fills it from the `image` column)."""
-    out = []
-    for m in messages:
-        content = m["content"]
-        if isinstance(content, str):
-            content = [{"type": "text", "text": content}]
-        blocks = [{"type": "image"} if b.get("type") == "image" else {"type": "text", "text": str(b.get("text", ""))}
-                  for b in content]
-        out.append({"role": m["role"], "content": blocks})
-    return out
+    return P.render_search_hits(hits, k, with_title=with_title)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -330,6 +236,7 @@ def _placeholder_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]
 # ----------------------------------------------------------------------------------------------------------
 def _base_row(task: Task) -> dict[str, Any]:
     return {
+        "task": task_column(task),
         "kind": task.kind, "task_id": str(task.id), "benchmark": task.benchmark, "split": task.split,
         "answers": [str(a) for a in task.answers], "gt": str(task.answers[0]) if task.answers else "",
         "degradations": [str(d) for d in task.degradations], "clean_image": task.clean_image,
@@ -337,14 +244,15 @@ def _base_row(task: Task) -> dict[str, Any]:
 
 
 def expand_stepwise(task: Task, *, search: Any = None, k: int = 4, search_with_title: bool = False,
-                    image_size: Sequence[int] | None = None, _backends: dict | None = None) -> list[dict[str, Any]]:
+                    image_size: Sequence[int] | None = None, style: str = "reference",
+                    _backends: dict | None = None) -> list[dict[str, Any]]:
     """One training row per gold step of `task` (columns: see module docstring; `image` is a PIL image or
     None for text-only tasks). `search` answers search steps whose results the task does not store;
     `k` results are shown per search (the reference and `env.AgentEnv` show 4); `search_with_title` renders
     live hits as `Content:<title>: <text>` (env.py's opt-in variant, not the reference);
     `image_size` resizes every image (None keeps its size)."""
     chain = _check_chain(task)
-    fam = _family(task.kind)
+    fam = task_family(task.kind)
     backends = {} if _backends is None else _backends
     input_path = task.images[0] if task.images else None
     if fam == "coding" and input_path is None:
@@ -364,8 +272,7 @@ def expand_stepwise(task: Task, *, search: Any = None, k: int = 4, search_with_t
 
     labels: list[str] = []
     if fam == "coding":
-        labels = _labels_of(chain[0]["content"]) if not chain[0]["content"].lstrip().startswith("<") else (
-            reference_problems(chain[0]["content"]))
+        labels = problem_labels(gold_turn(chain[0], task))
     context: list[tuple[str, str]] = []
     cur_path, cur_box = input_path, None
     rows: list[dict[str, Any]] = []
@@ -374,15 +281,15 @@ def expand_stepwise(task: Task, *, search: Any = None, k: int = 4, search_with_t
         turn = gold_turn(step, task, labels)
         step_type = _CODING_STEP_OF[action] if fam == "coding" else "search"
         ctx = list(context) or None
-        messages = P.stepwise_messages(step_type, task, ctx, image=cur_path)
-        head_len = len(P.stepwise_prompt("pre_problem" if fam == "coding" else "search", task))
-        prompt_text = P.stepwise_prompt(step_type, task, ctx)
+        messages = P.stepwise_messages(step_type, task, ctx, image=cur_path, style=style)
+        head_len = len(P.stepwise_prompt("pre_problem" if fam == "coding" else "search", task, style=style))
+        prompt_text = P.stepwise_prompt(step_type, task, ctx, style)
         parsed = parse_action(turn)
         if parsed.kind != action:
             raise StepwiseError(f"task {task.id!r}: gold_chain[{i}]: the gold turn does not parse as "
                                 f"{action!r} ({parsed.error or parsed.kind}): {turn[:200]!r}")
         row = {
-            "prompt": _placeholder_messages(messages),
+            "prompt": placeholder_messages(messages),
             "image": image_for(cur_path, cur_box),
             "solution": turn,
             "step_type": step_type,
@@ -428,7 +335,7 @@ def stepwise_features():
 
     s = Value("string")
     return Features({
-        "prompt": _message_feature(), "image": ImageF(), "solution": s, "step_type": s, "gold_action": s,
+        "prompt": _message_feature(), "image": ImageF(), "task": s, "solution": s, "step_type": s, "gold_action": s,
         "step_index": Value("int32"), "n_steps": Value("int32"), "kind": s, "task_id": s, "row_id": s,
         "benchmark": s, "split": s, "answers": List(s), "gt": s, "gold_query": s, "gold_problem": s,
         "degradations": List(s), "clean_image": s, "input_image": s, "context": s,
@@ -479,7 +386,7 @@ def _shuffled(rows: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
 
 def stepwise_dataset(tasks: Sequence[Task], seed: int, *, search: Any = None, k: int = 4,
                      search_with_title: bool = False, image_size: Sequence[int] | None = None,
-                     shuffle: bool = True):
+                     shuffle: bool = True, style: str = "reference"):
     """All tasks' step-wise rows as a `datasets.Dataset`, in an order shuffled by `random.Random(seed)`."""
     from datasets import Dataset
 
@@ -493,26 +400,25 @@ def stepwise_dataset(tasks: Sequence[Task], seed: int, *, search: Any = None, k:
             raise StepwiseError(f"task id {task.id!r} occurs twice; task ids must be unique")
         seen.add(str(task.id))
         rows.extend(_encode_images(expand_stepwise(task, search=search, k=k, search_with_title=search_with_title,
-                                                   image_size=image_size, _backends=backends)))
+                                                   image_size=image_size, style=style, _backends=backends)))
     if shuffle:
         rows = _shuffled(rows, seed)
     return Dataset.from_list(rows, features=stepwise_features())
 
 
-def episode_row(task: Task, protocol: str = "tags", *, image_size: Sequence[int] | None = None) -> dict[str, Any]:
-    """One multi-turn training row for `task`: `arftlib.env.task_to_row(task, protocol)` — the environment's
+def episode_row(task: Task, protocol: str = "tags", *, image_size: Sequence[int] | None = None,
+                style: str = "reference") -> dict[str, Any]:
+    """One multi-turn training row for `task`: `arftlib.rows.task_to_row(task, protocol)` — the environment's
     own row format, so `AgentEnv.reset(**row)` rebuilds the task from the `task` JSON column — checked to hold
     every column of `EPISODE_COLUMNS`. Errors name the task."""
-    from arftlib.env import task_to_row
-
-    _family(task.kind)
+    task_family(task.kind)
     try:
-        row = task_to_row(task, protocol, image_size=tuple(image_size) if image_size else None)
+        row = task_to_row(task, protocol, image_size=tuple(image_size) if image_size else None, style=style)
     except OSError as e:
         raise StepwiseError(f"task {task.id!r}: {e}") from None
     missing = [c for c in EPISODE_COLUMNS if c not in row]
     if missing:
-        raise StepwiseError(f"task {task.id!r}: env.task_to_row gave no column(s) {missing}")
+        raise StepwiseError(f"task {task.id!r}: rows.task_to_row gave no column(s) {missing}")
     return row
 
 
@@ -529,12 +435,12 @@ def _infer_feature(key: str, value: Any):
         return List(Value("string"))
     if value is None or isinstance(value, str):
         return Value("string")
-    raise StepwiseError(f"episode row column {key!r} from env.task_to_row has type {type(value).__name__}; "
+    raise StepwiseError(f"episode row column {key!r} from rows.task_to_row has type {type(value).__name__}; "
                         f"only str, int, float, bool and list[str] columns are supported here")
 
 
 def episode_dataset(tasks: Sequence[Task], seed: int, protocol: str = "tags", *,
-                    image_size: Sequence[int] | None = None, shuffle: bool = True):
+                    image_size: Sequence[int] | None = None, shuffle: bool = True, style: str = "reference"):
     """One row per task for multi-turn (environment) training, shuffled by `random.Random(seed)`."""
     from datasets import Dataset
 
@@ -544,7 +450,7 @@ def episode_dataset(tasks: Sequence[Task], seed: int, protocol: str = "tags", *,
         if str(task.id) in seen:
             raise StepwiseError(f"task id {task.id!r} occurs twice; task ids must be unique")
         seen.add(str(task.id))
-        rows.append(episode_row(task, protocol, image_size=image_size))
+        rows.append(episode_row(task, protocol, image_size=image_size, style=style))
     rows = _encode_images(rows)
     extra = {}
     for r in rows:
@@ -657,15 +563,6 @@ def _paper_kind(path: Path) -> str:
     return "coding" if "type" in data[0] else "search"
 
 
-def _reference_action(sol: str, kind: str) -> str | None:
-    """The action a reference reward reads from a solution: substring tests in its order."""
-    order = ("answer", "code", "problem") if kind == "coding" else ("answer", "search")
-    for a in order:
-        if f"<{a}>" in sol:
-            return a
-    return None
-
-
 def load_paper_stepwise(path: str | os.PathLike, image_root: str | os.PathLike | None = None, *,
                         image_size: Sequence[int] | None = PAPER_IMAGE_SIZE, kind: str | None = None):
     """The paper's step-wise training file as a `datasets.Dataset` with the step-wise columns, in file order.
@@ -698,7 +595,7 @@ def load_paper_stepwise(path: str | os.PathLike, image_root: str | os.PathLike |
         md = t.metadata
         i = int(md["index"])
         sol = str(md["solution"])
-        action = _reference_action(sol, kind)
+        action = reference_turn(sol).step(kind)  # the reference's reading of its solution
         want = t.gold_chain[0]["action"]
         if action != want:
             raise DataError(path, i, None, "solution", f"a {md.get('step_type')!r} row needs a <{want}> turn, but "
@@ -749,9 +646,15 @@ def load_paper_stepwise(path: str | os.PathLike, image_root: str | os.PathLike |
             gold_problem = "{" + ", ".join(f"'{x}'" for x in reference_problems(sol)) + "}"
         tid = f"{path.stem}-{gid[rec['key']]:04d}"
         step_index = next(n for n, g in enumerate(group) if g is rec)
+        # the question's rows as one task whose gold chain is its solutions in file order, so the row's gold step
+        # is `gold_chain[step_index]` (rewards read it from the task, as for generated rows)
+        group_task = Task(id=tid, question=t.question, images=[img_path], answers=answers, kind=kind, split="train",
+                          degradations=list(degr), benchmark=f"paper:{path.name}",
+                          gold_chain=[{"action": g["action"], "content": g["solution"]} for g in group],
+                          metadata={"source_records": [g["i"] for g in group]})
         rows.append({
             "prompt": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": rec["text"]}]}],
-            "image": cache[img_path], "solution": sol, "step_type": rec["step_type"], "gold_action": rec["action"],
+            "image": cache[img_path], "task": task_column(group_task), "solution": sol, "step_type": rec["step_type"], "gold_action": rec["action"],
             "step_index": step_index, "n_steps": len(group), "kind": kind, "task_id": tid,
             "row_id": f"{tid}/{step_index}", "benchmark": f"paper:{path.name}", "split": "train",
             "answers": answers, "gt": answers[0] if answers else "", "gold_query": gold_query,

@@ -5,7 +5,7 @@ Sources of images
     with numbers, and document pages with several small text regions (for crop questions on the 0–1000
     grid). Every string drawn is known, so every answer is exact.
   * Real photos from `skimage.data` and matplotlib's sample data with hand-written, checked question/answer
-    pairs (`data/photo_qa.json`; each entry says how its answer was checked).
+    pairs (`arftlib/resources/photo_qa.json`; each entry says how its answer was checked).
 
 Each task draws a split (train/test), a difficulty (simple: one label; hard: two, see
 `degrade.HARD_COMBOS`), a degradation and its strength, degrades the clean image, and writes the gold
@@ -38,12 +38,12 @@ from PIL import Image, ImageDraw
 from arftlib.data import degrade as D
 from arftlib.data import render as R
 from arftlib.data.vocab import Vocab
-from arftlib.paths import DATA_DIR
+from arftlib.paths import RESOURCES
 from arftlib.types import Task
 
 BENCHMARK = "synth-coding"
 SCENES = ("sign", "label", "receipt", "form", "price_tag", "chart", "page")
-PHOTO_QA_FILE = DATA_DIR / "photo_qa.json"
+PHOTO_QA_FILE = RESOURCES / "photo_qa.json"
 PHOTO_MAX_SIDE = 640
 
 CROP_SUFFIX_TRAIN = " The coordinates have been normalized ranging from 0 to 1000 by the image width and height. "

@@ -777,27 +777,33 @@ def run_call(cfg: dict, req: dict, image: bytes, probe: bool = False) -> tuple[d
         if "setup_error" in status:
             res["error"] = f"Sandbox setup failed: {status['setup_error']}"
             res["setup_failed"] = True
+            res["category"] = "infra"
         elif res["timed_out"]:
             res["error"] = f"Timeout: the code ran longer than {float(req['timeout_s']):g} s and was stopped."
+            res["category"] = "timeout"
         elif "signal" in status:
             sig = status["signal"]
             name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
             tail = _error_from_stderr(res["stderr"])
             res["error"] = f"The code crashed: {name} ({_SIGNAL_TEXT.get(sig, 'signal')})" + \
                            (f"; last error output: {tail}" if tail else ".")
+            res["category"] = "error"
         elif "exit" in status:
             if status["exit"] != 0:
                 res["error"] = _error_from_stderr(res["stderr"]) or f"The code exited with status {status['exit']}."
                 res["exit_code"] = status["exit"]
+                res["category"] = "error"
             else:
                 data, fmt, err, size = early or validate_output(workdir)
                 if err:
                     res["error"] = err
+                    res["category"] = "no_output"
                 else:
                     out_bytes = data
                     res.update(ok=True, format=fmt, ext=OUTPUT_FORMATS[fmt], size=size)
         else:
             res["error"] = "Sandbox error: the sandbox init process died without a status."
+            res["category"] = "infra"
     finally:
         if mounted:
             try:
@@ -1030,10 +1036,10 @@ def _serve_connection(conn_fd: int, cfg: dict, ctrl_fd: int) -> None:
             res, out = run_call(cfg, req, image)
         except SetupError as e:
             res, out = {"ok": False, "error": f"Sandbox setup failed: {e}", "stdout": "", "stderr": "",
-                        "setup_failed": True}, b""
+                        "setup_failed": True, "category": "infra"}, b""
         except Exception as e:  # noqa: BLE001
             res, out = {"ok": False, "error": f"Sandbox error: {type(e).__name__}: {e}", "stdout": "", "stderr":
-                        traceback.format_exc()}, b""
+                        traceback.format_exc(), "category": "infra"}, b""
         conn.settimeout(60)
         send_frame(conn, res, out)
         conn.close()
@@ -1224,7 +1230,7 @@ def main(argv: list[str]) -> int:
                 try:
                     s = socket.socket(fileno=fd)
                     send_frame(s, {"ok": False, "error": f"Sandbox unavailable: {refuse}", "stdout": "",
-                                   "stderr": "", "setup_failed": True})
+                                   "stderr": "", "setup_failed": True, "category": "infra"})
                     s.close()
                 except OSError:
                     pass

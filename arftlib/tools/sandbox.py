@@ -6,8 +6,8 @@ The MAT-Coding action is a snippet that reads ``path_to_input_image.jpg`` and wr
 ``path_to_output_image.jpg`` (rotate, brighten, denoise, crop on the paper's 0-1000 grid, ...). This module
 runs such a snippet in a fresh process with ``cv2``, ``numpy`` and ``PIL`` importable (pre-imported, so
 ``import cv2`` costs nothing; nothing is injected into the code's globals), captures its stdout, validates the
-image it wrote, and hands back a copy the caller owns. Markdown fences (```python ... ```) and ``<code>`` tags
-around the snippet are stripped. :func:`run_image_code` never raises because of anything the code does:
+image it wrote, and hands back a copy the caller owns. Markdown fences (```python ... ```)
+around the snippet are stripped by the one fence rule the parser uses too. :func:`run_image_code` never raises because of anything the code does:
 failures come back as ``CodeResult(ok=False, error="...")`` with a short message meant to be shown to the
 model (timeout, the exception's last traceback line with its line number, crash signal, missing or invalid
 output image). It does raise for caller bugs (missing input file, nonsense limits).
@@ -128,6 +128,7 @@ OUTPUT_NAME = _w.OUTPUT_NAME
 MAX_INPUT_BYTES = 64 * 1024 * 1024
 _STARTUP_TIMEOUT_S = 120.0
 _REPLY_GRACE_S = 30.0  # beyond timeout_s: setup, validation and a busy machine
+_INFRA_PREFIXES = ("Sandbox unavailable", "Sandbox error", "Sandbox setup failed")  # messages made on this side
 
 
 @dataclasses.dataclass
@@ -141,6 +142,9 @@ class CodeResult:
     elapsed_s: float
     stderr: str = ""  # the (tail of the) code's error output, e.g. the full traceback
     timed_out: bool = False
+    # why it failed, as a field: "ok" | "error" (raised, crashed, unreadable) | "timeout" | "no_output" (no valid
+    # image written) | "infra" (the sandbox itself failed: not the code's fault)
+    category: str = "ok"
 
 
 class SandboxUnavailable(RuntimeError):
@@ -148,20 +152,17 @@ class SandboxUnavailable(RuntimeError):
 
 
 # ---- code extraction ---------------------------------------------------------------------------------------------
-_FENCE = re.compile(r"```[ \t]*(?:python3?|py)?[ \t]*\r?\n(.*?)(?:```|\Z)", re.DOTALL | re.IGNORECASE)
+def extract_code(text: str) -> tuple[str, str | None]:
+    """(source, error): the Python source in ``text`` by THE fence rule (`arftlib.parse.strip_code_fences`: the
+    first fenced block, the text itself when there is no fence, an unclosed fence is an error), dedented and
+    newline-terminated. The parser applies the same rule to `<code>` payloads, so a turn runs the same code
+    whichever way it reaches the sandbox."""
+    from arftlib.parse import strip_code_fences
 
-
-def extract_code(text: str) -> str:
-    """The Python source inside a model's code action: fenced blocks (joined in order; an unclosed fence runs
-    to the end), else the text itself; ``<code>`` tags are dropped and the result is dedented."""
-    text = text or ""
-    m = re.search(r"<code>(.*?)(?:</code>|\Z)", text, re.DOTALL)
-    if m:
-        text = m.group(1)
-    blocks = _FENCE.findall(text)
-    if blocks:
-        text = "\n".join(blocks)
-    return textwrap.dedent(text).strip("\n") + "\n"
+    code, err = strip_code_fences(text or "")
+    if err is not None:
+        return "", err
+    return textwrap.dedent(code).strip("\n") + "\n", None
 
 
 # ---- the fork server (workbench side) ----------------------------------------------------------------------------
@@ -331,14 +332,19 @@ def run_image_code(code: str, image_path: str, *, timeout_s: float = 10.0, memor
         image = f.read(MAX_INPUT_BYTES + 1)
     if len(image) > MAX_INPUT_BYTES:
         raise ValueError(f"input image {image_path} is larger than {MAX_INPUT_BYTES} bytes")
-    source = extract_code(code)
+    source, fence_error = extract_code(code)
 
-    def done(ok=False, error=None, stdout="", output=None, stderr="", timed_out=False) -> CodeResult:
+    def done(ok=False, error=None, stdout="", output=None, stderr="", timed_out=False, category=None) -> CodeResult:
+        if category is None:
+            category = "ok" if ok else ("infra" if error and error.startswith(_INFRA_PREFIXES) else "error")
         return CodeResult(ok=ok, error=error, stdout=stdout, output_image=output,
-                          elapsed_s=round(time.perf_counter() - t0, 6), stderr=stderr, timed_out=timed_out)
+                          elapsed_s=round(time.perf_counter() - t0, 6), stderr=stderr, timed_out=timed_out,
+                          category=category)
 
+    if fence_error is not None:
+        return done(error=f"The code could not be read: {fence_error}.", category="error")
     if not source.strip():
-        return done(error="Empty code: there was no Python code to run.")
+        return done(error="Empty code: there was no Python code to run.", category="error")
     request = {"code": source, "timeout_s": float(timeout_s), "memory_mb": int(memory_mb)}
     reply = None
     for attempt in range(2):
@@ -364,9 +370,10 @@ def run_image_code(code: str, image_path: str, *, timeout_s: float = 10.0, memor
     output = None
     if header.get("ok") and payload:
         output = _save_output(payload, header.get("ext") or ".img", output_dir)
-    return done(ok=bool(header.get("ok")) and output is not None, error=header.get("error"),
-                stdout=header.get("stdout", ""), output=output, stderr=header.get("stderr", ""),
-                timed_out=bool(header.get("timed_out")))
+    ok = bool(header.get("ok")) and output is not None
+    return done(ok=ok, error=header.get("error"), stdout=header.get("stdout", ""), output=output,
+                stderr=header.get("stderr", ""), timed_out=bool(header.get("timed_out")),
+                category="ok" if ok else header.get("category"))
 
 
 def _save_output(data: bytes, ext: str, output_dir) -> str:

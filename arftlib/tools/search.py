@@ -34,9 +34,9 @@ on by default for them, `cache=False` turns it off) so training never pays twice
 
 Every `Search` is thread-safe: rollouts run a batch's tool calls concurrently with `search_many`. A failure
 in a rollout must become an observation for the model, not a crash: `safe_search` returns `(hits, error)`
-and `render_information` / `render_error` produce the text the model sees. `render_information` matches the
-reference evaluation exactly (Visual-ARFT `evaluation_search/*_visual_arft.py`, which formats Serper
-results; see its docstring).
+and `arftlib.prompts.render_search_hits` / `render_search_error` produce the text the model sees (the one
+renderer, used by the live environment and the step-wise training data alike; it matches the reference
+evaluation exactly). `shared_search(backend, **options)` keeps one backend per settings in the process.
 
 `benchmark()` measures index build time and query latency (`python -m arftlib bench search`).
 
@@ -83,7 +83,7 @@ __all__ = [
     "Hit", "Search", "LocalSearch", "RetrieverSearch", "SerperSearch", "DuckDuckGoSearch", "load_search",
     "BACKENDS", "SearchError", "TransientSearchError", "SearchConfigError", "CorpusFormatError",
     "SearchCache", "HttpRequest", "HttpResponse", "ReplayTransport", "urllib_transport",
-    "safe_search", "safe_search_many", "render_information", "render_error",
+    "safe_search", "safe_search_many", "shared_search",
     "default_corpus_path", "write_corpus_jsonl", "read_corpus_jsonl", "synthetic_corpus", "benchmark",
     "parse_duckduckgo_html", "forget_loaded_indexes",
 ]
@@ -143,36 +143,6 @@ def _check_k(k: Any) -> int:
 
 
 # ============================================================================================ rendering
-def render_information(hits: Sequence[Hit], k: int = DEFAULT_K, *, with_title: bool = False) -> str:
-    """The observation text for search hits, exactly as the reference evaluation builds it.
-
-    Matched from Visual-ARFT's `evaluation_search/MAT-Search-Benchmark/evaluation_mat_search_ngpu_7b_
-    visual_arft.py` (and the four `traditional_benchmark/*_visual_arft.py` scripts, identical there):
-    `'<information> '` + for each result `f'{i+1}.' + ' ' + 'Content:' + item['body']` + `' </information> '`,
-    where `body` is the Serper `snippet`. So, byte for byte: one space after `<information>`; items are
-    concatenated with NO separator (`1. Content:abc2. Content:def`); no space after `Content:`; the text is
-    inserted as is; only the snippet is shown, never the title; one space before `</information>` and one
-    trailing space after it. The reference asks Serper for `num=4` and prints what comes back; we print
-    the first `k` (default 4). No hits gives `'<information>  </information> '`, as the reference would.
-    `with_title=True` is an opt-in variant (not the reference) that writes `Content:<title>: <text>` (useful
-    for corpora whose passages do not name their subject). For the `tags` protocol the reference appends
-    this string to the running prompt as `prompt + '\n' + model_turn + '\n' + information`."""
-    parts = []
-    for i, h in enumerate(list(hits)[:k]):
-        body = f"{h.title}: {h.text}" if with_title and h.title else h.text
-        parts.append(f"{i + 1}." + " " + "Content:" + body)
-    return "<information> " + "".join(parts) + " </information> "
-
-
-def render_error(message: str) -> str:
-    """The observation text for a failed search, in the same frame as `render_information`:
-    `'<information> search failed: <message> </information> '` (message on one line, at most 300 chars)."""
-    msg = " ".join(str(message).split())
-    if len(msg) > 300:
-        msg = msg[:297] + "..."
-    return f"<information> search failed: {msg} </information> "
-
-
 def _error_text(e: BaseException) -> str:
     text = str(e) or type(e).__name__
     return text if isinstance(e, SearchError) else f"{type(e).__name__}: {text}"
@@ -180,7 +150,7 @@ def _error_text(e: BaseException) -> str:
 
 def safe_search(search: "Search", query: Any, k: int = DEFAULT_K) -> tuple[list[Hit], str | None]:
     """`search.search(query, k)` that never raises for a failed search: returns `(hits, None)` or
-    `([], message)`. Use it in rollouts, where a tool failure is an observation (`render_error(message)`)
+    `([], message)`. Use it in rollouts, where a tool failure is an observation (`prompts.render_search_error`)
     and a counted metric, never a crash. `KeyboardInterrupt` and `SystemExit` still propagate."""
     try:
         return search.search(query, k), None
@@ -1050,6 +1020,22 @@ def load_search(backend: str = "local", **options: Any) -> Search:
 
 
 # ============================================================================================ benchmark
+
+_SHARED: dict[str, "Search"] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_search(backend: str = "local", **options: Any) -> "Search":
+    """One `load_search(backend, **options)` per distinct settings in this process, shared by every environment
+    (searches are thread-safe; loading a BM25 index once matters)."""
+    key = json.dumps([backend, options], sort_keys=True, default=str)
+    with _SHARED_LOCK:
+        s = _SHARED.get(key)
+        if s is None:
+            s = load_search(backend, **options)
+            _SHARED[key] = s
+        return s
+
 def _zipf_vocabulary(size: int, seed: int) -> list[str]:
     """Words ranked by frequency: the default corpus's words first (when the Wikipedia package is
     installed), then made-up pronounceable words to reach `size` types."""

@@ -31,9 +31,9 @@ from arftlib.data.loaders import load_mat_coding
 from arftlib.metrics import f1_em
 from arftlib.models import load_for_config
 from arftlib.parse import parse_action
-from arftlib.paths import reference_dir
+from arftlib.paths import MAT_CODING_DEMO
 from arftlib.prompts import build_messages
-from arftlib.rollout import HFPolicy
+from arftlib.policies import HFPolicy
 
 out_dir = Path(OUT_DIR)
 out_dir.mkdir(parents=True, exist_ok=True)
@@ -43,11 +43,11 @@ print(f"profile={cfg.profile}  model={cfg.model_id}  quantization={cfg.quantizat
 
 # %% [markdown]
 # ## The task: a real MAT-Coding example
-# The six examples shipped in `shared/reference/mat-coding-demo/` load through the same MAT-Coding loader the
+# The six examples shipped in `arftlib/resources/mat_coding_demo/` load through the same MAT-Coding loader the
 # full benchmark uses. The model sees the degraded image (or, for crop questions, the original image).
 
 # %%
-tasks = {t.id: t for t in load_mat_coding(reference_dir() / "mat-coding-demo" / "coding_case.json")}
+tasks = {t.id: t for t in load_mat_coding(MAT_CODING_DEMO / "coding_case.json")}
 task = tasks[TASK_ID]
 print(f"[{task.id}] {task.question}\ngold: {task.answers}   type: {task.degradations}   split: {task.split}")
 image = Image.open(task.images[0]).convert("RGB")

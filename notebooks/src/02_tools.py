@@ -31,9 +31,10 @@ from arftlib.config import get_config
 from arftlib.data import degrade
 from arftlib.data.loaders import load_mat_coding
 from arftlib.parse import extract_crop_box
-from arftlib.paths import reference_dir
+from arftlib.paths import MAT_CODING_DEMO
 from arftlib.tools.sandbox import run_image_code
-from arftlib.tools.search import load_search, render_information, safe_search
+from arftlib.prompts import render_search_hits
+from arftlib.tools.search import load_search, safe_search
 
 out_dir = Path(OUT_DIR)
 (out_dir / "images").mkdir(parents=True, exist_ok=True)
@@ -82,7 +83,7 @@ metrics["restorations"] = rows
 # mapped from the 0–1000 grid to pixels inside the sandboxed code.
 
 # %%
-demo = load_mat_coding(reference_dir() / "mat-coding-demo" / "coding_case.json")
+demo = load_mat_coding(MAT_CODING_DEMO / "coding_case.json")
 fixes = {
     "rotation180": "img = cv2.rotate(img, cv2.ROTATE_180)",
     "rotation90": "img = cv2.rotate(img, cv2.ROTATE_90_CLOCKWISE)",
@@ -163,7 +164,7 @@ for q in questions[:N_SEARCH_QUERIES]:
     hits, error = safe_search(search, q, k=4)
     print(f"Q: {q}\n   " + "\n   ".join(f"{h.score:6.2f}  {h.title}" for h in hits) + (f"  ERROR {error}" if error else ""))
 print("\nWhat the model sees for the first question:\n")
-print(render_information(safe_search(search, questions[0], k=4)[0]))
+print(render_search_hits(safe_search(search, questions[0], k=4)[0]))
 metrics["search_load_s"] = round(load_s, 2)
 metrics["search_queries"] = N_SEARCH_QUERIES
 

@@ -28,9 +28,12 @@ from IPython.display import display
 
 from arftlib.config import get_config
 from arftlib.data.build import build_dataset, load_built
-from arftlib.data.stepwise import gold_turn
-from arftlib.rewards import agentic_rubric, paper_stepwise_rubric, score_trajectory
-from arftlib.rollout import HFPolicy, ScriptedPolicy, gold_turns, run_episodes
+from arftlib.env import AgentEnv
+from arftlib.env.core import step_sample
+from arftlib.policies import HFPolicy, ScriptedPolicy
+from arftlib.rewards import AGENTIC_WEIGHTS, agentic_rubric, paper_stepwise_rubric, score_episode
+from arftlib.rollout import run_episodes
+from arftlib.turns import gold_turns
 
 out_dir = Path(OUT_DIR)
 out_dir.mkdir(parents=True, exist_ok=True)
@@ -86,17 +89,20 @@ for task in (coding_task, search_task):
         all_tasks.append(copy)
         scripts[copy.id] = turns
         labels[copy.id] = (task.kind, name)
-trajectories = run_episodes(all_tasks, ScriptedPolicy(scripts), protocol="tags", max_turns=cfg.max_turns,
-                            writer=out_dir / "case_trajectories", progress=False)
+env = AgentEnv.factory(**AgentEnv.settings_from_config(cfg, protocol="tags"))  # the profile's tools and budgets
+trajectories = run_episodes(all_tasks, ScriptedPolicy(scripts), env_factory=env, writer=out_dir / "case_trajectories",
+                            progress=False)
 
 # %% [markdown]
 # ## Component breakdown (agentic rubric: whole episodes)
+# Every component reads what the environment recorded — each turn's parsed action and the typed observation
+# (tool, error category, image) — never the turn's text. `score_episode` is the same call training makes.
 
 # %%
 rows = []
 for traj in trajectories:
     kind, name = labels[traj.task.id]
-    scores = score_trajectory(traj, agentic_rubric(kind))
+    scores = score_episode(traj, agentic_rubric(kind))
     rows.append({"kind": kind, "case": name, "turns": len(traj.steps),
                  "tool_errors": traj.metrics.get("tool_errors", 0), **scores})
 table = pd.DataFrame(rows).set_index(["kind", "case"]).round(3)
@@ -113,12 +119,11 @@ paper_rows = []
 for traj in trajectories:
     kind, name = labels[traj.task.id]
     last = traj.steps[-1].model_text if traj.steps else ""
-    solution = gold_turn({"action": "answer", "content": traj.task.answers[0]}, traj.task)
+    # the last turn as the step-wise sample of the gold answer step, as step-wise training scores it
+    sample = step_sample(traj.task, len(traj.task.gold_chain) - 1, last)
     rubric = paper_stepwise_rubric(kind)
-    total = rubric([last], solution=[solution], kind=[kind], step_type=["pre_answer" if kind == "coding" else "search"],
-                   gold_action=["answer"])[0]
-    paper_rows.append({"kind": kind, "case": name, "paper_total": total,
-                       **{k: v[0] for k, v in rubric.last_components.items()}})
+    scores = rubric.score([sample])[0]
+    paper_rows.append({"kind": kind, "case": name, "paper_total": scores.pop("total"), **scores})
 paper_table = pd.DataFrame(paper_rows).set_index(["kind", "case"]).round(3)
 paper_table.to_csv(out_dir / "paper_breakdown.csv")
 display(paper_table)
@@ -148,9 +153,7 @@ display(probe)
 
 # %%
 component_cols = [c for c in table.columns if c not in ("turns", "tool_errors", "total")]
-default_w = {"grounded_answer_f1": 1.0, "format": 0.2, "query_similarity": 0.2, "diagnosis": 0.2,
-             "executed_code": 0.5, "wasted_turns": -0.1, "repeated_queries": -0.2, "tool_spam": -0.2}
-sliders = {c: widgets.FloatSlider(value=default_w.get(c, 0.0), min=-1.0, max=2.0, step=0.05, description=c,
+sliders = {c: widgets.FloatSlider(value=AGENTIC_WEIGHTS.get(c, 0.0), min=-1.0, max=2.0, step=0.05, description=c,
                                   style={"description_width": "160px"}, layout=widgets.Layout(width="420px"))
            for c in component_cols}
 ranking = widgets.Output()
@@ -181,11 +184,12 @@ model, processor = load_for_config(cfg)
 policy = HFPolicy(model, processor, max_new_tokens=MAX_NEW_TOKENS, temperature=1.0, seed=SEED)
 group_tasks = [dataclasses.replace(t, id=f"{t.id}|g{g}") for kind in tasks for t in tasks[kind][:N_GROUP_TASKS]
                for g in range(GROUP_SIZE)]
-rollouts = run_episodes(group_tasks, policy, protocol="tags", max_turns=2, progress=False)
+rollouts = run_episodes(group_tasks, policy, progress=False,
+                        env_factory=AgentEnv.factory(**AgentEnv.settings_from_config(cfg, protocol="tags", max_turns=2)))
 groups = {}
 for traj in rollouts:
     base = traj.task.id.rsplit("|", 1)[0]
-    groups.setdefault((traj.task.kind, base), []).append(score_trajectory(traj, agentic_rubric(traj.task.kind))["total"])
+    groups.setdefault((traj.task.kind, base), []).append(score_episode(traj, agentic_rubric(traj.task.kind))["total"])
 flat = {key: float(np.std(v)) == 0.0 for key, v in groups.items()}
 zero_var_share = sum(flat.values()) / len(flat)
 case_groups = table.groupby(level="kind")["total"].std()

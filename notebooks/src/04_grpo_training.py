@@ -1,29 +1,39 @@
 # %% [markdown]
-# # 04 · GRPO training on TRL — the paper's step-wise recipe and live multi-turn agentic RL
+# # 04 · Teaching a policy to use its tools: warm start → agentic GRPO, measured held-out with live tools
 #
-# Everything here is TRL's `GRPOTrainer` (`arftlib/train.py` adds data, rewards, trajectory logging and the
-# environment; no home-made trainer).
+# The story of this notebook, on the CPU: a ~5 M-parameter Qwen2.5-VL (`tiny_size="seeing"`) learns the
+# **micro world** (`micro-coding`: colour, shape and position questions about images that are rotated, darkened,
+# washed out, noisy, or too small to see until cropped — see notebook 01), where answering needs the tool:
 #
-# 1. The profile's config, every knob with its meaning.
-# 2. **Does GRPO learn?** (`learning_demo`): a short supervised warm start on gold steps (TRL `SFTTrainer`,
-#    reported as the *before* score), then GRPO from it; the held-out reward of the same rubric, same rows,
-#    same sampling seed, before and after. The gain is GRPO's.
-# 3. **Agentic mode**: a few steps of whole episodes with live tools through TRL's `environment_factory`
-#    (the code tool returns the processed image as an image; tool tokens are masked out of the loss).
-# 4. Curves read from the run directories (rewards per component, KL, completion length, turns, tool calls and
-#    tool failures), the probe rolled out before and after, and the adapter saved in PEFT format and loaded back.
+# 1. **Warm start** (cold-start SFT, reported as such): supervised steps on gold behaviour — every training
+#    task's answer step (reading the restored image) and the whole gold episode of only a share of the tasks.
+#    Cached, so the notebooks and the tests reuse it.
+# 2. **Before**: the warm start on held-out tasks, with live tools (the sandbox really runs its code), greedy,
+#    scored by the reference scorer (F1) and the agentic rubric — and without tools (the direct baseline).
+# 3. **Agentic GRPO** on TRL's `GRPOTrainer` with `environment_factory`: whole episodes, the paper's tag actions
+#    read as tool calls (`<problem>`, `<code>`), the processed image fed back as an image, tool tokens masked from
+#    the loss. Curves: reward per component, tool calls per episode, episode length; the tool-use monitor warns
+#    when tool use collapses.
+# 4. **After**: the same held-out episodes, same seed and sampling, with the trained adapter; by degradation.
+# 5. **The paper's step-wise GRPO** from the same warm start for a short run (the step rows are prefixes of the
+#    same episodes, so both are evaluated the same way), and the method comparison table when one was run
+#    (`python -m arftlib compare`).
 #
-# On a GPU set `PROFILE = "qwen2.5-vl-3b-qlora-24gb"` (and `MODEL` to a local copy if the hub is not reachable).
+# On a GPU set `PROFILE = "qwen2.5-vl-3b-qlora-24gb"`: the same cells run the real-size recipe.
 
 # %% tags=["parameters"]
-PROFILE = "auto"  # run profile: its model, LoRA or QLoRA and GRPO settings are used
+PROFILE = "auto"  # run profile: model, LoRA/QLoRA, GRPO settings and the collapse knobs come from it
 OUT_DIR = "../runs/manual/04_grpo_training"  # every file this notebook writes goes here
-MODEL = ""  # hub id or local path overriding the model of the profile; empty keeps it
-N_TASKS = 64  # procedural coding tasks for the learning check (80 percent train, 20 percent held out)
-SFT_STEPS = 40  # supervised warm-start steps on gold diagnosis steps
-GRPO_STEPS = 60  # GRPO steps from the warm start
-HELDOUT_ROWS = 32  # held-out step samples scored before and after
-AGENTIC_STEPS = 3  # steps of the agentic (live tools) run; 0 skips it
+KIND = "coding"  # micro world to train on: coding (restore / crop the image) or search (look the emblem up)
+N_TASKS = 0  # tasks in the micro build (80 % train, 20 % held out); 0 = the profile's
+HELDOUT = 60  # held-out tasks evaluated before and after
+WARM_STEPS = 300  # supervised warm-start steps (cached: a second run with the same settings reuses them)
+TOOL_EPISODES = 0.25  # share of training tasks whose whole gold episode the warm start shows
+AGENTIC_MINUTES = 8.0  # wall clock of agentic GRPO
+AGENTIC_STEPS = 0  # or a fixed number of agentic steps (0 = by wall clock)
+STEPWISE_MINUTES = 2.0  # wall clock of the paper's step-wise GRPO from the same warm start (0 skips it)
+COMPARISON_DIR = ""  # a `python -m arftlib compare` output folder to show; empty = look under the runs folder
+RUN_COMPARISON = False  # run the full comparison here (each method for AGENTIC_MINUTES; long)
 SEED = 0  # seed for data, sampling and training
 
 # %%
@@ -33,137 +43,186 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pandas as pd
-from IPython.display import display
+from IPython.display import Markdown, display
 
 from arftlib.config import describe, get_config
-from arftlib.models import load_policy, resolve_model_path
-from arftlib.train import current_rss_mb, learning_demo, train
+from arftlib.train import lora_snapshot, max_abs_diff, train, wall_clock_stop
+from arftlib.train.trainer import current_rss_mb
+from arftlib.train.warmstart import WarmStartRecipe, warm_start
 from arftlib.trajectories import read_trajectories
+from experiments.micro_learning import compare_methods, evaluate_policy, micro_setup
 
 out_dir = Path(OUT_DIR)
 out_dir.mkdir(parents=True, exist_ok=True)
-cfg = get_config(PROFILE, seed=SEED, **({"model_id": MODEL} if MODEL else {}))
-pd.set_option("display.max_colwidth", 120)
+cfg = get_config(PROFILE, seed=SEED)
+pd.set_option("display.max_colwidth", 110)
 display(pd.DataFrame(describe(cfg), columns=["knob", "value", "meaning"]).set_index("knob"))
 rss_before = current_rss_mb()
-print(f"process memory before training: {rss_before:.0f} MB")
+t_notebook = time.time()
 
 # %% [markdown]
-# ## Does GRPO learn? Warm start → GRPO, held-out reward before and after
+# ## The data: a micro build, train and held-out
+
+# %%
+out, cfg, train_tasks, heldout_tasks, data_dir = micro_setup(out_dir, kind=KIND, profile=cfg.profile,
+                                                             n_tasks=N_TASKS or None, seed=SEED)
+heldout_tasks = heldout_tasks[:HELDOUT]
+print(f"micro-{KIND}: {len(train_tasks)} train / {len(heldout_tasks)} held-out tasks ({data_dir})")
+display(pd.Series(["+".join(t.degradations) or "-" for t in heldout_tasks]).value_counts().rename("held-out tasks"))
+
+# %% [markdown]
+# ## 1 · Warm start (cold-start SFT on gold steps; cached)
+
+# %%
+recipe = WarmStartRecipe(steps=WARM_STEPS, tool_episode_fraction=TOOL_EPISODES, seed=cfg.seed)
+t0 = time.time()
+ws = warm_start(cfg, train_tasks, recipe)
+print(f"warm start {'reused from the cache' if ws['reused'] else 'trained'} in {time.time() - t0:.0f} s: "
+      f"{ws['rows']} rows {ws['rows_by_action']}, {ws['steps']} steps, final loss {ws['loss']:.3f} → {ws['model']}")
+if ws.get("loss_curve"):
+    plt.figure(figsize=(5, 2.6))
+    plt.plot(ws["loss_curve"])
+    plt.title("warm-start loss (logged every few steps)")
+    plt.savefig(out_dir / "warm_start_loss.png", dpi=80)
+    plt.show()
+
+# %% [markdown]
+# ## 2 · Before: the warm start on held-out tasks, with live tools and without
 
 # %%
 t0 = time.time()
-demo = learning_demo(out_dir / "learning", profile=cfg.profile, n_tasks=N_TASKS, sft_steps=SFT_STEPS,
-                     grpo_steps=GRPO_STEPS, heldout_rows=HELDOUT_ROWS, seed=SEED,
-                     config_overrides={"model_id": cfg.model_id} if MODEL else None)
-print(f"learning check done in {time.time() - t0:.0f} s")
-print(f"held-out reward: before (SFT warm start) {demo['heldout_reward_before']:.3f} → "
-      f"after GRPO {demo['heldout_reward_after']:.3f}  (gain {demo['gain']:+.3f}); "
-      f"adapter changed: {demo['adapter_changed']} (max |ΔW| {demo['adapter_max_abs_diff']:.2e})")
-display(pd.DataFrame({"before": demo["components_before"], "after": demo["components_after"]}))
+before = evaluate_policy(cfg, ws["model"], ws["adapter"], heldout_tasks, out_dir / "eval_before", kind=KIND,
+                         direct_baseline=True)
+print(f"before: F1 {before['f1']:.1f} {before['f1_ci']} with tools, {before['direct_f1']:.1f} direct; reward "
+      f"{before['reward']:.3f}; {before['tool_calls_per_episode']:.2f} tool calls per episode "
+      f"({time.time() - t0:.0f} s)")
 
 # %% [markdown]
-# ## The probe, before and after (same held-out rows, same sampling seed)
+# ## 3 · Agentic GRPO: live episodes in TRL's tool loop
+# Every step: the policy writes whole episodes (`num_generations` per task); `<problem>` and `<code>` are tool
+# calls the environment runs (the code in the sandbox, its image fed back); the rubric scores the finished
+# episode; GRPO updates the LoRA adapter. Collapse knobs of the profile: zero-variance groups filtered
+# (`filter_zero_variance_groups`), unfinished episodes masked (`mask_unfinished_episodes`), the tool-use monitor.
 
 # %%
-for b, a in zip(demo["examples_before"], demo["examples_after"]):
-    print(f"BEFORE: {b!r}\nAFTER : {a!r}\n")
-
-# %% [markdown]
-# ## Agentic mode: whole episodes with live tools (TRL environment_factory)
-
-# %%
-agentic = None
-if AGENTIC_STEPS:
-    agentic = train(cfg, "agentic", out_dir=out_dir / "agentic", max_steps=AGENTIC_STEPS, kind="coding",
-                    data=out_dir / "learning" / "data")  # the tasks the learning check built
-    print({k: agentic[k] for k in ("steps", "s_per_step", "peak_rss_mb", "final_reward", "trajectories")})
-
-# %% [markdown]
-# ## Curves from the run directories
+snap = lora_snapshot() if cfg.finetune == "lora" else None
+callbacks = [c for c in (snap, wall_clock_stop(AGENTIC_MINUTES) if AGENTIC_MINUTES else None) if c is not None]
+t0 = time.time()
+agentic = train(cfg, "agentic", model=ws["model"], out_dir=out_dir / "agentic", kind=KIND,
+                max_steps=AGENTIC_STEPS or 100_000, tasks=(train_tasks, heldout_tasks), callbacks=callbacks)
+agentic_s = time.time() - t0
+print(f"agentic GRPO: {agentic['steps']} steps in {agentic_s:.0f} s ({agentic['s_per_step']:.1f} s/step)")
+for w in agentic["tool_collapse_warnings"][-3:]:
+    print("WARNING:", w["message"])
 
 # %%
-def history(run):
-    return pd.DataFrame([h for h in run["log_history"] if "reward" in h]) if run else pd.DataFrame()
-
-
-runs = {"stepwise GRPO (learning check)": json.loads((out_dir / "learning" / "grpo" / "metrics.json").read_text())}
-if agentic:
-    runs["agentic"] = agentic
-fig, axes = plt.subplots(len(runs), 4, figsize=(18, 3.6 * len(runs)), squeeze=False)
-for row, (name, run) in enumerate(runs.items()):
-    h = history(run)
-    reward_cols = [c for c in h.columns if c.startswith("rewards/") and c.endswith("/mean")]
-    for c in reward_cols:
-        axes[row, 0].plot(h.index + 1, h[c], label=c.split("/")[1])
-    axes[row, 0].set_title(f"{name}\nreward components", fontsize=9)
-    axes[row, 0].legend(fontsize=6)
-    for col, (key, title) in enumerate([("kl", "KL to reference"), ("completions/mean_length", "completion length"),
-                                        ("reward", "total reward")], start=1):
-        if key in h:
-            axes[row, col].plot(h.index + 1, h[key])
-        missing = " (not logged: beta = 0)" if key == "kl" else " (not logged)"
-        axes[row, col].set_title(f"{name}\n{title}" + ("" if key in h else missing), fontsize=9)
-        axes[row, col].set_xlabel("step")
+hist = pd.DataFrame([h for h in agentic["log_history"] if "reward" in h])
+comp_cols = [c for c in hist.columns if c.startswith("rewards/") and c.endswith("/mean")]
+fig, axes = plt.subplots(1, 4, figsize=(19, 3.6))
+for c in comp_cols:
+    if hist[c].abs().sum() > 0:
+        axes[0].plot(hist["step"], hist[c].rolling(5, min_periods=1).mean(), label=c.split("/")[1])
+axes[0].set_title("reward per component (5-step mean)")
+axes[0].legend(fontsize=6)
+axes[1].plot(hist["step"], hist["reward"].rolling(5, min_periods=1).mean())
+axes[1].set_title("total reward (5-step mean)")
+axes[2].plot(hist["step"], hist["episode/tool_calls"], label="tool calls / episode")
+axes[2].plot(hist["step"], hist["episode/answered"], label="answered")
+axes[2].set_title("tool use (monitor: collapse warnings)")
+axes[2].legend(fontsize=7)
+axes[3].plot(hist["step"], hist["episode/turns"], label="turns / episode")
+axes[3].plot(hist["step"], hist["completions/mean_length"] / 100, label="tokens / 100")
+axes[3].set_title("episode length")
+axes[3].legend(fontsize=7)
+for ax in axes:
+    ax.set_xlabel("step")
 fig.tight_layout()
 fig.savefig(out_dir / "training_curves.png", dpi=80)
 plt.show()
 
 # %% [markdown]
-# ## Turns, tool calls and tool failures per step (read from the trajectory logs)
+# ## 4 · After: the same held-out episodes with the trained adapter
 
 # %%
-tool_rows = []
-for name, run in runs.items():
-    for t in read_trajectories(run["trajectories"]):
-        calls = sum(s.action.kind in ("code", "search") for s in t.steps)
-        errors = sum(1 for s in t.steps if s.observation is not None and s.observation.error)
-        tool_rows.append({"run": name, "step": t.training_step, "turns": len(t.steps), "tool_calls": calls,
-                          "tool_errors": errors})
-tools = pd.DataFrame(tool_rows)
-per_step = tools.groupby(["run", "step"]).agg(turns=("turns", "mean"), tool_calls=("tool_calls", "mean"),
-                                               tool_errors=("tool_errors", "sum")).reset_index()
-display(per_step.groupby("run").agg(["mean", "max"]))
-fig, axes = plt.subplots(1, 3, figsize=(15, 3.4))
-for name, g in per_step.groupby("run"):
-    for ax, col in zip(axes, ("turns", "tool_calls", "tool_errors")):
-        ax.plot(g["step"], g[col], marker="o", label=name)
-        ax.set_title(col.replace("_", " ") + " per episode (mean) / per step (errors: sum)")
-axes[0].legend(fontsize=7)
-fig.tight_layout()
-fig.savefig(out_dir / "tool_curves.png", dpi=80)
-plt.show()
+adapter_dir = agentic["final_dir"]
+after = evaluate_policy(cfg, ws["model"], adapter_dir, heldout_tasks, out_dir / "eval_after", kind=KIND,
+                        direct_baseline=True)
+adapter_diff = max_abs_diff(snap.start, snap.end) if snap is not None else float("nan")
+adapter_changed = bool(adapter_diff > 0)
+rows = [{"": "with tools", "F1 before": before["f1"], "F1 after": after["f1"], "gain": after["f1"] - before["f1"]},
+        {"": "direct (no tools)", "F1 before": before["direct_f1"], "F1 after": after["direct_f1"],
+         "gain": after["direct_f1"] - before["direct_f1"]},
+        {"": "reward (agentic rubric)", "F1 before": before["reward"], "F1 after": after["reward"],
+         "gain": after["reward"] - before["reward"]},
+        {"": "tool calls / episode", "F1 before": before["tool_calls_per_episode"],
+         "F1 after": after["tool_calls_per_episode"],
+         "gain": after["tool_calls_per_episode"] - before["tool_calls_per_episode"]}]
+display(pd.DataFrame(rows).set_index("").round(3))
+groups = sorted(set(before["by_group"]) | set(after["by_group"]))
+by_deg = pd.DataFrame([{"group": g, "n": before["by_group"].get(g, {}).get("n"),
+                        "F1 before": before["by_group"].get(g, {}).get("f1"),
+                        "F1 after": after["by_group"].get(g, {}).get("f1"),
+                        "direct after": after.get("direct_by_group", {}).get(g, {}).get("f1")} for g in groups])
+display(Markdown("### By degradation (reference F1, held-out)"))
+display(by_deg.set_index("group"))
+by_deg.to_csv(out_dir / "by_degradation.csv", index=False)
+print(f"adapter changed: {adapter_changed} (max |ΔW| {adapter_diff:.2e})")
 
 # %% [markdown]
-# ## The adapter, saved in standard PEFT format, loaded back
+# ## 5 · The paper's step-wise GRPO from the same warm start (short), and the method comparison
 
 # %%
-final_dir = Path(demo["grpo_run"]["final_dir"])
-print(sorted(p.name for p in final_dir.iterdir()))
-model, processor = load_policy(resolve_model_path(f"tiny:{cfg.arch}") if cfg.model_id == "tiny" else cfg.model_id,
-                               adapter=str(final_dir), torch_dtype=cfg.torch_dtype)
-print(type(model).__name__, "with adapters", list(getattr(model, "peft_config", {}) or []))
-rss_after = current_rss_mb()
-print(f"process memory after: {rss_after:.0f} MB (before {rss_before:.0f} MB)")
+stepwise = None
+if STEPWISE_MINUTES:
+    sw = train(cfg, "stepwise", model=ws["model"], out_dir=out_dir / "stepwise", kind=KIND, max_steps=100_000,
+               tasks=(train_tasks, heldout_tasks), callbacks=[wall_clock_stop(STEPWISE_MINUTES)])
+    sw_after = evaluate_policy(cfg, ws["model"], sw["final_dir"], heldout_tasks, out_dir / "eval_after_stepwise",
+                               kind=KIND)
+    stepwise = {"steps": sw["steps"], "f1_after": sw_after["f1"], "f1_ci": sw_after["f1_ci"],
+                "reward_after": sw_after["reward"]}
+    print(f"step-wise GRPO ({sw['steps']} steps, {STEPWISE_MINUTES} min): held-out F1 {before['f1']:.1f} → "
+          f"{sw_after['f1']:.1f} {sw_after['f1_ci']}")
+comparison = None
+comp_dir = Path(COMPARISON_DIR) if COMPARISON_DIR else out_dir / "comparison"
+if RUN_COMPARISON:
+    comparison = compare_methods(comp_dir, kind=KIND, minutes=AGENTIC_MINUTES, profile=cfg.profile, seed=SEED)
+elif (comp_dir / "comparison.json").is_file():
+    comparison = json.loads((comp_dir / "comparison.json").read_text())
+if comparison:
+    display(Markdown(f"### Same warm start, {comparison['minutes']} min each (best: {comparison['best']})\n\n"
+                     + comparison["table_md"]))
+else:
+    print("no comparison yet: `python -m arftlib compare --kind coding --minutes 10 --out DIR` (or RUN_COMPARISON)")
+
+# %% [markdown]
+# ## The trained adapter and a few held-out episodes, before and after
+
+# %%
+print(sorted(p.name for p in Path(adapter_dir).iterdir()))
+b_trajs = {t.task.id: t for t in read_trajectories(out_dir / "eval_before" / "trajectories")}
+a_trajs = {t.task.id: t for t in read_trajectories(out_dir / "eval_after" / "trajectories")}
+for tid in list(a_trajs)[:3]:
+    for name, tr in (("BEFORE", b_trajs[tid]), ("AFTER ", a_trajs[tid])):
+        turns = " | ".join(s.model_text.replace("\n", " ")[:90] for s in tr.steps)
+        print(f"{name} {tid} gold={tr.task.answers} f1={tr.metrics.get('f1')}: {turns}")
 
 # %%
 metrics = {
-    "profile": cfg.profile,
-    "heldout_reward_before": demo["heldout_reward_before"],
-    "heldout_reward_after": demo["heldout_reward_after"],
-    "gain": demo["gain"],
-    "before_is": demo["before_is"],
-    "adapter_changed": demo["adapter_changed"],
-    "adapter_max_abs_diff": demo["adapter_max_abs_diff"],
-    "grpo_steps": demo["grpo_steps"],
-    "grpo_s_per_step": demo["grpo_s_per_step"],
-    "learning_total_s": demo["total_s"],
-    "agentic_steps": agentic["steps"] if agentic else 0,
-    "agentic_s_per_step": agentic["s_per_step"] if agentic else None,
-    "agentic_trajectories": int((tools.run == "agentic").sum()) if agentic else 0,
-    "rss_before_mb": round(rss_before, 1),
-    "rss_after_mb": round(rss_after, 1),
-    "adapter_files": sorted(p.name for p in final_dir.iterdir()),
+    "profile": cfg.profile, "kind": KIND, "benchmark": f"micro-{KIND}", "data": str(data_dir),
+    "warm_start_dir": ws["model"], "warm_start_adapter": ws["adapter"], "warm_start_reused": ws["reused"],
+    "warm_start_rows": ws["rows"],
+    "warm_start_steps": ws["steps"], "adapter_dir": str(adapter_dir),
+    "heldout_f1_before": before["f1"], "heldout_f1_after": after["f1"],
+    "heldout_reward_before": before["reward"], "heldout_reward_after": after["reward"],
+    "heldout_f1_ci_before": before["f1_ci"], "heldout_f1_ci_after": after["f1_ci"],
+    "direct_f1_before": before["direct_f1"], "direct_f1_after": after["direct_f1"],
+    "tool_calls_before": before["tool_calls_per_episode"], "tool_calls_after": after["tool_calls_per_episode"],
+    "adapter_changed": adapter_changed, "adapter_max_abs_diff": adapter_diff,
+    "agentic_steps": agentic["steps"], "agentic_s": round(agentic_s, 1), "agentic_s_per_step": agentic["s_per_step"],
+    "tool_collapse_warnings": len(agentic["tool_collapse_warnings"]), "n_heldout": len(heldout_tasks),
+    "stepwise": stepwise, "comparison_best": comparison["best"] if comparison else None,
+    "rss_before_mb": round(rss_before, 1), "rss_after_mb": round(current_rss_mb(), 1),
+    "notebook_s": round(time.time() - t_notebook, 1),
 }
 (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
 metrics

@@ -16,21 +16,22 @@
 #   open after a headless run.
 #
 # Which trajectories: `SOURCE` (a training run directory, an evaluation output or a trajectory folder), else
-# the newest trajectory folder under `RUNS_DIR`. In the `tiny-cpu` profile, with no `SOURCE`, the notebook
-# makes its own: a small procedural build evaluated by the gold-chain oracle (coding and search) and by the
-# random tiny model (whose turns are gibberish — the viewer shows them as invalid turns).
+# **notebook 04's held-out episodes before and after training** (the sibling `04_grpo_training` run of `make
+# reproduce`, or `RUN_04`) — the same tasks side by side, warm start vs trained adapter — else the newest trajectory
+# folder under `RUNS_DIR`. In the `tiny-cpu` profile with none of these, the notebook makes its own: a small
+# procedural build evaluated by the gold-chain oracle (coding and search).
 #
 # Interactively: `make lab` starts JupyterLab on 127.0.0.1 with this workbench's kernel.
 
 # %% tags=["parameters"]
 PROFILE = "auto"  # run profile: auto | tiny-cpu | qwen2.5-vl-3b-qlora-24gb | qwen2.5-vl-7b-lora-80gb | paper-8gpu
 OUT_DIR = "../runs/manual/06_trajectories"  # every file this notebook writes goes here
-SOURCE = ""  # run dir, evaluation output or trajectory folder to open; empty means newest under RUNS_DIR (tiny-cpu: made here)
+SOURCE = ""  # run dir, evaluation output or trajectory folder to open; empty: notebook 04's before/after episodes
+RUN_04 = ""  # notebook 04 output folder whose held-out episodes to compare; empty = the sibling 04_grpo_training
 RUNS_DIR = "../runs"  # where an empty SOURCE looks for the newest run or evaluation output (not in tiny-cpu)
-N_TASKS = 4  # tiny-cpu: procedural tasks per benchmark for the oracle and tiny-model evaluations
+N_TASKS = 4  # tiny-cpu without a 04 run: procedural tasks per benchmark for the oracle evaluations
+SIDE_BY_SIDE = 4  # held-out tasks shown before | after next to each other
 SEED = 0  # tiny-cpu: seed of the procedural builds
-TINY_MAX_NEW_TOKENS = 24  # tiny-cpu: tokens per turn the random tiny model writes
-TINY_MAX_TURNS = 3  # tiny-cpu: turns per episode for the tiny model
 MAX_EPISODES = 200  # at most this many episodes in the HTML export (whole groups, in order)
 MAX_IMAGE_SIDE = 384  # embedded images are downscaled to this many pixels on their long side
 
@@ -53,30 +54,34 @@ print(f"profile={cfg.profile}  OUT_DIR={out_dir}")
 
 # %% [markdown]
 # ## Which trajectories
-# In `tiny-cpu` (no `SOURCE`): build 4 coding and 4 search tasks (`arftlib.data.build`), evaluate them with the
-# oracle (`model="oracle"` replays the gold chains through the real environment and tools, so the code tool
-# produces real images and the search tool real hits) and the coding tasks with the tiny random model.
+# Notebook 04's two evaluations of the same held-out tasks (before / after training) when that run is beside this
+# one; else, in `tiny-cpu`, a few micro-coding and micro-search tasks evaluated by the oracle (`model="oracle"`
+# replays the gold chains through the real environment and tools, so the code tool produces real images and the
+# search tool real hits).
 
 # %%
 sources: dict[str, Path] = {}
+run_04 = Path(RUN_04) if RUN_04 else out_dir.parent / "04_grpo_training"
+paired = not SOURCE and (run_04 / "eval_before" / "trajectories").is_dir() and (
+    run_04 / "eval_after" / "trajectories").is_dir()
 if SOURCE:
     sources[Path(SOURCE).name] = viz.resolve_store(SOURCE)
+elif paired:
+    sources["before · warm start"] = viz.resolve_store(run_04 / "eval_before")
+    sources["after · GRPO adapter"] = viz.resolve_store(run_04 / "eval_after")
+    print(f"notebook 04's held-out episodes: {run_04}")
 elif cfg.profile == "tiny-cpu":
     from arftlib.data.build import build_dataset
     from arftlib.evaluate import run_eval
 
     data_dir, eval_dir = out_dir / "data", out_dir / "evals"
-    build_dataset("coding", N_TASKS, SEED, data_dir / "synth-coding", overwrite=True)
-    # fictional-world questions only: their corpus ships with the build (no Wikipedia index needed)
-    build_dataset("search", N_TASKS, SEED, data_dir / "synth-search", overwrite=True, real_fraction=0.0)
-    runs = [("oracle · synth-coding", "synth-coding", "oracle", {}),
-            ("oracle · synth-search", "synth-search", "oracle", {}),
-            ("tiny · synth-coding", "synth-coding", "tiny",
-             {"max_new_tokens": TINY_MAX_NEW_TOKENS, "max_turns": TINY_MAX_TURNS})]
-    for name, bench, model, kw in runs:
+    runs = [("oracle · micro-coding", "micro-coding"), ("oracle · micro-search", "micro-search")]
+    for name, bench in runs:
+        build_dataset(bench, N_TASKS, SEED, data_dir / bench, overwrite=True)
         t0 = time.time()
         dest = eval_dir / name.replace(" · ", "-")
-        summary = run_eval(bench, data_dir / bench, model, "tags", dest, n_boot=200, seed=SEED, progress=False, **kw)
+        summary = run_eval(bench, data_dir / bench, "oracle", "chat", dest, cfg=cfg, tool_calls=cfg.tool_format,
+                           n_boot=200, progress=False)
         f1 = summary["agent"]["scores"]["reference"]["f1"]
         print(f"{name:24s} {summary['n']} episodes  F1 {f1:6.2f}  ({time.time() - t0:.1f} s) → {dest}")
         sources[name] = viz.resolve_store(dest)
@@ -105,6 +110,34 @@ from IPython.display import HTML
 
 first = stores[0].trajectories[0]
 HTML(viz.wrap_fragment(viz.render_episode_html(first, stores[0].dir, max_image_side=256)))
+
+# %% [markdown]
+# ## The same held-out tasks, before and after training
+# Notebook 04 evaluated the warm start and the trained adapter on the same held-out tasks with the same seed and
+# greedy decoding; here each task's two episodes sit next to each other (left: before, right: after).
+
+# %%
+side_by_side = 0
+if paired:
+    before_by_id = {t.task.id: t for t in stores[0].trajectories}
+    after_by_id = {t.task.id: t for t in stores[1].trajectories}
+    changed = [tid for tid in after_by_id if tid in before_by_id
+               and before_by_id[tid].metrics.get("f1") != after_by_id[tid].metrics.get("f1")]
+    chosen = (changed + [t for t in after_by_id if t not in changed])[:SIDE_BY_SIDE]
+    cells = []
+    for tid in chosen:
+        left = viz.render_episode_html(before_by_id[tid], stores[0].dir, max_image_side=200)
+        right = viz.render_episode_html(after_by_id[tid], stores[1].dir, max_image_side=200)
+        cells.append(f'<tr><td style="vertical-align:top;width:50%">{left}</td>'
+                     f'<td style="vertical-align:top;width:50%">{right}</td></tr>')
+    side_by_side = len(chosen)
+    page = ('<table style="width:100%"><tr><th>before · warm start</th><th>after · GRPO adapter</th></tr>'
+            + "".join(cells) + "</table>")
+    (out_dir / "before_after.html").write_text(viz.wrap_fragment(page), encoding="utf-8")
+    display(HTML(viz.wrap_fragment(page)))
+    print(f"{len(changed)} of {len(after_by_id)} held-out tasks changed their F1 after training")
+else:
+    print("no notebook 04 run beside this one: nothing to compare (run `make reproduce`, or set RUN_04)")
 
 # %% [markdown]
 # ## Plots
@@ -145,6 +178,8 @@ metrics = {
     "html": export.path.name,
     "html_bytes": export.bytes,
     "figures": figures,
+    "paired_before_after": bool(paired),
+    "side_by_side": side_by_side,
     "runs": {s.name: {"episodes": len(s.trajectories),
                       "answered": sum(t.final_answer is not None for t in s.trajectories),
                       "with_tool_errors": sum(viz.episode_facets(t)["failed_tools"] for t in s.trajectories)}

@@ -1,34 +1,20 @@
-"""Does agentic GRPO learn? Live multi-turn episodes with real tools on the tiny model, measured on held-out tasks.
+"""Does agentic GRPO learn on the synth world? Live multi-turn episodes with real tools on the tiny model, measured
+on held-out tasks (an earlier experiment; the micro world's learning check supersedes it).
 
-`agentic_learning_demo()` (tiny-cpu, procedural MAT-Coding-style tasks):
+`agentic_learning_demo()` (tiny-cpu, procedural synth-coding tasks):
 
-1. Warm start, reported as such: a short supervised fine-tune (TRL `SFTTrainer`, full fine-tuning — the random
-   tiny model cannot produce confident tokens through LoRA alone) of the TRAIN tasks' first gold turn in the
-   form agentic training samples it: `<think> … </think>` + a `diagnose` tool call, on exactly the prompt TRL
-   renders (the chat prompt with the environment's tool schemas, `env.tool_functions()`).
+1. Warm start, reported as such: a short supervised fine-tune (full fine-tuning) of the TRAIN tasks' first gold
+   turn in the form agentic training samples it: `<think> … </think>` + a `diagnose` tool call, on exactly the
+   prompt TRL renders (the chat prompt with the environment's tool schemas, `env.tool_functions()`).
 2. "before": held-out episodes of the warm start through the evaluation loop in the same tool-call form
    (`rollout.run_episodes`, `AgentEnv(tool_calls=True)`, live sandbox), `samples_per_task` sampled episodes per
-   task at the profile's temperature with torch seeded by `eval_seed`, each scored by the agentic rubric
-   (`rewards.agentic_rubric`) — the reward training optimises.
+   task at the profile's temperature with torch seeded by `eval_seed`, each scored by the agentic rubric — the
+   reward training optimises, through the same `Rubric.score_episode`.
 3. GRPO in `agentic` mode (`train.train`: TRL `GRPOTrainer` with `environment_factory`, tool tokens masked), a
    fresh LoRA adapter on the warm start.
 4. "after": the same held-out episodes, same seed, with the adapter.
 
-Measured (tiny-cpu, 2 CPU cores, 120 tasks of which 96 train; 24 held-out tasks × 4 sampled episodes; warm start
-240 SFT steps, final loss 0.064; `max_turns=2`): the agentic pipeline runs end to end and the adapter changes, but
-GRPO does NOT show learning yet — 60 steps (4.6–5.0 s/step) gave −0.053 → −0.026 (+0.027; diagnosis 0.021 →
-0.042, format 0.146 → 0.224) at temperature 1.0, +0.016 at 0.7, −0.021 after 20 steps; the training reward stays
-flat at ~0.01–0.05 with half the GRPO groups at zero variance. Why, as far as measured: the warm-started policy
-rarely writes a well-formed diagnose call (JSON inside `<tool_call>` is ~70 tokens that must all be right; format
-0.11–0.20 before), its entropy is low (0.03 at T=0.7, 0.14 at T=1.0), and the correct diagnosis is rare (2 %), so
-few groups carry a signal. With learning_rate 3e-3 (80 steps) the policy collapsed into NOT calling tools: format
-and diagnosis fell to 0 while the wasted-turn penalty halved (0.86 → 0.42) — the total rose (+0.011) by avoiding the
-penalty, a reward-design warning for the agentic rubric when its positive components are rare. Next things to try: warm start on fewer steps (more diverse), shorter think text, a
-larger weight on diagnosis/format for this experiment, more GRPO steps.
-
-What it leaves out: code and answer turns in the warm start (the tiny tokenizer spends ~210 tokens on a gold
-code turn; only the diagnosis is taught, the rest of the episode is left to GRPO and the rubric), search tasks,
-and any claim about real models — this checks that the agentic pipeline moves a policy in the right direction.
+Results go to `out_dir/metrics.json`. Left out: code and answer turns in the warm start, search tasks.
 """
 
 from __future__ import annotations
@@ -60,7 +46,7 @@ def tool_call_sft_dataset(tasks: Sequence[Any], processor: Any, image_size: int 
 
     from arftlib.env import task_to_row, tool_functions
     from arftlib.models import ensure_tool_chat_template
-    from arftlib.rollout import gold_tool_turns
+    from arftlib.turns import gold_tool_turns
 
     ensure_tool_chat_template(processor)
     tools = tool_functions()
@@ -77,7 +63,9 @@ def heldout_episode_reward(model_dir: str, adapter: str | None, tasks: Sequence[
                            samples_per_task: int, work_dir: str | os.PathLike) -> dict[str, Any]:
     """Mean agentic-rubric reward of sampled tool-call episodes on `tasks` (see the module docstring)."""
     from arftlib import rewards
-    from arftlib.rollout import HFPolicy, run_episodes, summarize
+    from arftlib.env import AgentEnv
+    from arftlib.policies import HFPolicy
+    from arftlib.rollout import run_episodes, summarize
 
     policy = HFPolicy.from_pretrained(
         model_dir, load_kwargs={"adapter": adapter, "torch_dtype": cfg.torch_dtype, "min_pixels": cfg.min_pixels,
@@ -87,10 +75,9 @@ def heldout_episode_reward(model_dir: str, adapter: str | None, tasks: Sequence[
     ids = [f"{t.id}-s{k}" for t in tasks for k in range(int(samples_per_task))]
     t0 = time.perf_counter()
     # the environment scores each episode when it closes, as in training (its last call-less turn not counted)
-    trajs = run_episodes(reps, policy, protocol="chat", max_turns=cfg.max_turns, image_budget=cfg.image_budget,
-                         batch_size=len(reps), episode_ids=ids, progress=False,
-                         env_kwargs={"tool_calls": True, "work_dir": str(work_dir),
-                                     "rubric": rewards.agentic_rubric(tasks[0].kind)})
+    env = AgentEnv.factory(**AgentEnv.settings_from_config(
+        cfg, protocol="chat", tool_calls=True, work_dir=str(work_dir), rubric=rewards.agentic_rubric(tasks[0].kind)))
+    trajs = run_episodes(reps, policy, env_factory=env, batch_size=len(reps), episode_ids=ids, progress=False)
     gen_s = time.perf_counter() - t0
     if any(t.reward is None for t in trajs):
         raise RuntimeError("an episode closed without a reward (the environment's rubric did not run)")
@@ -113,9 +100,11 @@ def agentic_learning_demo(out_dir: str | os.PathLike = "runs/tiny-cpu/agentic-le
     docstring. `warm_start`: a model folder an earlier run's step 1 saved (`<out_dir>/warm_start/model`), reused
     instead of fine-tuning again (same data and settings assumed; recorded in the result). Returns `heldout_reward_before`, `heldout_reward_after`, `gain`, component means,
     `adapter_changed`, timings and the GRPO run summary; also written to `out_dir/metrics.json`."""
-    from arftlib.models import resolve_model_path
-    from arftlib.train import (LoraSnapshot, _load_processor, _max_abs_diff, _write_json, demo_setup, make_dataset,
-                               sft_warm_start, train)
+    from arftlib.models import model_path_for
+    from arftlib.train import (load_training_processor, lora_snapshot, make_dataset, max_abs_diff, train,
+                               write_json)
+    from arftlib.train.sft import sft_warm_start
+    from experiments.stepwise_learning import demo_setup
 
     t_start = time.perf_counter()
     t0 = time.perf_counter()
@@ -125,8 +114,7 @@ def agentic_learning_demo(out_dir: str | os.PathLike = "runs/tiny-cpu/agentic-le
     test_tasks = test_tasks[:heldout_tasks]
     if not test_tasks:
         raise ValueError(f"no held-out (split 'test') tasks in {source}")
-    base = resolve_model_path(f"tiny:{cfg.arch}" if cfg.model_id == "tiny" else cfg.model_id)
-    processor = _load_processor(base, cfg, "agentic")
+    processor = load_training_processor(model_path_for(cfg), cfg, "agentic")
     sft_ds = tool_call_sft_dataset(train_tasks, processor, cfg.image_size)
     build_s = time.perf_counter() - t0
 
@@ -142,7 +130,7 @@ def agentic_learning_demo(out_dir: str | os.PathLike = "runs/tiny-cpu/agentic-le
     before = heldout_episode_reward(sft["model"], None, test_tasks, cfg, seed=eval_seed,
                                     samples_per_task=samples_per_task, work_dir=out / "eval_tmp")
     # 3. agentic GRPO with a fresh LoRA adapter
-    snap = LoraSnapshot()
+    snap = lora_snapshot()
     t0 = time.perf_counter()
     run = train(cfg, "agentic", model=sft["model"], out_dir=out / "grpo", max_steps=grpo_steps,
                 train_dataset=make_dataset(train_tasks, cfg, "agentic"), tasks=(train_tasks, test_tasks),
@@ -151,7 +139,7 @@ def agentic_learning_demo(out_dir: str | os.PathLike = "runs/tiny-cpu/agentic-le
     # 4. after
     after = heldout_episode_reward(sft["model"], run["final_dir"], test_tasks, cfg, seed=eval_seed,
                                    samples_per_task=samples_per_task, work_dir=out / "eval_tmp")
-    diff = _max_abs_diff(snap.start, snap.end)
+    diff = max_abs_diff(snap.start, snap.end)
     result = {
         "task": "synth-coding, agentic episodes with live tools (tool-call chat), agentic rubric",
         "data": source, "profile": profile, "config_overrides": over,
@@ -169,5 +157,5 @@ def agentic_learning_demo(out_dir: str | os.PathLike = "runs/tiny-cpu/agentic-le
         "examples_before": before["examples"], "examples_after": after["examples"],
         "train_reward_curve": [h.get("reward") for h in run["log_history"] if "reward" in h],
     }
-    _write_json(out / "metrics.json", result)
+    write_json(out / "metrics.json", result)
     return result

@@ -1,0 +1,279 @@
+"""`micro-search`: a fictional world whose entities an image identifies by what it SHOWS, not by a name.
+
+Why it exists: a few-million-parameter policy cannot read, but it can learn to see a colour and a shape
+(`arftlib.data.micro_coding`). Here each entity of a seeded fictional world is a society of some `CATEGORIES`
+kind (a guild, a clan, …) whose emblem is a coloured shape — "the red triangle guild". The image shows only
+the emblem (the same flat-shape renderer as `micro-coding`); the question names the kind of society and asks
+a fact that exists only in this world's corpus:
+
+    image: a red triangle      question: "In which town was the guild with this emblem founded?"
+    gold:  <search>red triangle guild</search>  → passage "The red triangle guild was founded in Brask. …"
+           <answer>Brask</answer>
+
+So the policy must build its query from what it sees (colour + shape) and the kind named in the question, and
+copy the answer word out of the top hits. Hard items take two hops: the second query is the town found by
+the first ("Brask town") and the question asks the town's ruler or its river.
+
+The world (`World`, deterministic in the build seed): one society per (category, colour, shape); one passage
+per society ("The {colour} {shape} {category} was founded in {Town}. Its leader is {Name}.") and one per town
+("{Town} is a town on the {River} river. It is ruled by {Name}."), short so the answer word is easy to copy
+out of 4 hits. Every name is a generated single word, unique in the world, never a colour, shape or category
+word, so F1 = EM and no answer can be guessed from the image, the question or another split.
+
+Train/test: test societies are exactly the (colour, shape) combinations that `micro_coding.TEST_COMBOS` holds
+out (each colour and shape occurs in train, in other combinations), with test-only towns and names; question
+wordings are split-disjoint (`TEMPLATES`). The build (`arftlib.data.build`) runs every gold query on the local
+BM25 backend and requires its passage in the top `K` (a failure is a `BuildError`: the world is regular, so a
+miss is a bug, not bad luck), and checks that no answer is visible in its question and no test answer is a
+train answer.
+
+Left out: emblems with text, more than two hops, questions whose answer is not a single word, distractor
+passages from outside the world, entities that share an emblem.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from arftlib.data import micro_coding as MC
+
+BENCHMARK = "micro-search"
+K = 4  # the reference shows the top 4 search results; every gold query must find its passage among them
+CATEGORIES = ("guild", "clan", "order", "league")  # kinds of society; the question names one
+SPLITS = ("train", "test")
+TOWNS_PER_SOCIETY = 0.5  # towns per society in a split (several societies share a founding town)
+QUESTION_KINDS = {  # kind → hops; 1-hop kinds are "simple", 2-hop kinds "hard"
+    "founded": 1, "leader": 1, "ruler": 2, "river": 2,
+}
+TEMPLATES: dict[str, dict[str, list[str]]] = {
+    "founded": {"train": ["In which town was the {category} with this emblem founded?"],
+                "test": ["Where was the {category} with this emblem founded?"]},
+    "leader": {"train": ["Who leads the {category} with this emblem?"],
+               "test": ["Who is the leader of the {category} with this emblem?"]},
+    "ruler": {"train": ["Who rules the town where the {category} with this emblem was founded?"],
+              "test": ["Who is the ruler of the town where the {category} with this emblem was founded?"]},
+    "river": {"train": ["On which river lies the town where the {category} with this emblem was founded?"],
+              "test": ["Which river flows through the town where the {category} with this emblem was founded?"]},
+}
+for _k, _by in TEMPLATES.items():
+    assert not set(_by["train"]) & set(_by["test"]), _k
+assert set(TEMPLATES) == set(QUESTION_KINDS)
+
+# Syllables of generated names (pronounceable, 2 syllables + optional ending: "Brask", "Tolme", "Vireth").
+_ONSETS = ("b", "br", "d", "dr", "f", "g", "gr", "k", "kr", "l", "m", "n", "p", "r", "s", "st", "t", "th", "v", "z")
+_VOWELS = ("a", "e", "i", "o", "u")
+_ENDINGS = ("", "", "n", "r", "l", "s", "th", "sk", "m")
+_RESERVED = {w.lower() for w in (*MC.COLORS, *MC.SHAPES, *MC.SIDES, *CATEGORIES, "town", "river", "emblem", "leader",
+                                 "ruled", "founded")}
+
+
+@dataclass
+class Society:
+    id: str
+    split: str
+    category: str
+    color: str
+    shape: str
+    town: str  # id of the founding town
+    leader: str  # a generated name
+
+    @property
+    def name(self) -> str:
+        return f"{self.color} {self.shape} {self.category}"
+
+
+@dataclass
+class Town:
+    id: str
+    split: str
+    name: str
+    river: str
+    ruler: str
+
+
+@dataclass
+class World:
+    """Societies and towns per split, and their passages (`passages`: `{id, title, text, type, split}`)."""
+
+    seed: int
+    societies: dict[str, Society] = field(default_factory=dict)
+    towns: dict[str, Town] = field(default_factory=dict)
+    passages: list[dict[str, Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        rng = np.random.default_rng([self.seed, 0x5EA4C1])
+        used: set[str] = set()
+
+        def word() -> str:
+            for _ in range(10_000):
+                w = "".join(_ONSETS[int(rng.integers(len(_ONSETS)))] + _VOWELS[int(rng.integers(len(_VOWELS)))]
+                            for _ in range(2)) + _ENDINGS[int(rng.integers(len(_ENDINGS)))]
+                if len(w) >= 4 and w not in used and w not in _RESERVED:
+                    used.add(w)
+                    return w.capitalize()
+            raise RuntimeError("could not draw a fresh name for the micro-search world")
+
+        for split in SPLITS:
+            combos = MC.split_combos(split)
+            n_soc = len(combos) * len(CATEGORIES)
+            towns = []
+            for _ in range(max(2, int(round(n_soc * TOWNS_PER_SOCIETY)))):
+                t = Town(f"town-{len(self.towns):04d}", split, word(), word(), word())
+                self.towns[t.id] = t
+                towns.append(t)
+            for category in CATEGORIES:
+                for color, shape in combos:
+                    s = Society(f"soc-{len(self.societies):04d}", split, category, color, shape,
+                                towns[int(rng.integers(len(towns)))].id, word())
+                    self.societies[s.id] = s
+        for s in self.societies.values():
+            town = self.towns[s.town].name
+            text = [f"The {s.name} was founded in {town}. Its leader is {s.leader}.",
+                    f"Founded in {town}, the {s.name} is led by {s.leader}."][int(rng.integers(2))]
+            self.passages.append({"id": s.id, "title": s.name, "text": text, "type": "society", "split": s.split})
+        for t in self.towns.values():
+            text = [f"{t.name} is a town on the {t.river} river. It is ruled by {t.ruler}.",
+                    f"The town of {t.name} lies on the {t.river} river and is ruled by {t.ruler}."][int(rng.integers(2))]
+            self.passages.append({"id": t.id, "title": t.name, "text": text, "type": "town", "split": t.split})
+
+    def of(self, split: str) -> list[Society]:
+        return [s for s in self.societies.values() if s.split == split]
+
+
+def query_for(society: Society) -> str:
+    """The gold first-hop query: what the image shows plus the kind the question names."""
+    return f"{society.color} {society.shape} {society.category}"
+
+
+def town_query(town: Town) -> str:
+    """The gold second-hop query: the town the first hop found."""
+    return f"{town.name} town"
+
+
+@dataclass
+class Hop:
+    query: str
+    passage_id: str  # the passage this query must retrieve (top K)
+
+
+@dataclass
+class MicroSearchItem:
+    question: str
+    answers: list[str]
+    hops: list[Hop]
+    society: Society
+    kind: str  # question kind (QUESTION_KINDS)
+    template_id: str
+    template: str
+    image: np.ndarray
+    objects: list[dict[str, Any]]
+    entities: list[str]
+
+
+def plan(n: int, seed: int, test_fraction: float = 0.2, hard_fraction: float = 0.3) -> list[dict[str, Any]]:
+    """Split, difficulty and question kind for `n` tasks (kinds alternate within a difficulty), seeded."""
+    rng = np.random.default_rng([seed, 0x5EA4C2])
+    n_test = int(round(n * test_fraction))
+    splits = ["train"] * (n - n_test) + ["test"] * n_test
+    rng.shuffle(splits)
+    simple = [k for k, h in QUESTION_KINDS.items() if h == 1]
+    hard = [k for k, h in QUESTION_KINDS.items() if h == 2]
+    counters = {"simple": 0, "hard": 0}
+    ranks = {"train": 0, "test": 0}  # position of the task within its split (which society it shows)
+    out = []
+    for i in range(n):
+        diff = "hard" if rng.random() < hard_fraction else "simple"
+        kinds = hard if diff == "hard" else simple
+        kind = kinds[counters[diff] % len(kinds)]
+        counters[diff] += 1
+        out.append({"index": i, "split": splits[i], "difficulty": diff, "kind": kind, "rank": ranks[splits[i]]})
+        ranks[splits[i]] += 1
+    return out
+
+
+def make_item(world: World, spec: dict[str, Any], seed: int, order: dict[str, list[str]]) -> MicroSearchItem:
+    """The task of a plan entry: societies of the split are visited in a seeded order (`order[split]`, cycled),
+    so a build covers every society before repeating one."""
+    i, split, kind = spec["index"], spec["split"], spec["kind"]
+    rng = np.random.default_rng([seed, 0x5EA4C3, i])
+    ids = order[split]
+    soc = world.societies[ids[spec["rank"] % len(ids)]]
+    town = world.towns[soc.town]
+    options = TEMPLATES[kind][split]
+    k = int(rng.integers(len(options)))
+    question = options[k].format(category=soc.category)
+    hops = [Hop(query_for(soc), soc.id)]
+    if kind == "founded":
+        answer = town.name
+    elif kind == "leader":
+        answer = soc.leader
+    else:
+        hops.append(Hop(town_query(town), town.id))
+        answer = town.ruler if kind == "ruler" else town.river
+    objects = MC.scene_single(rng, (soc.color, soc.shape))
+    entities = [soc.name, town.name, answer]
+    return MicroSearchItem(question, [answer], hops, soc, kind, f"micro-search.{kind}.{split}{k}", options[k],
+                           MC.render(objects), objects, sorted(set(entities)))
+
+
+def visit_order(world: World, seed: int) -> dict[str, list[str]]:
+    """Per split, the societies in a seeded order (a permutation of the split's societies)."""
+    out = {}
+    for si, split in enumerate(SPLITS):
+        ids = [s.id for s in world.of(split)]
+        perm = np.random.default_rng([seed, 0x5EA4C4, si]).permutation(len(ids))
+        out[split] = [ids[int(j)] for j in perm]
+    return out
+
+
+def answer_visible(answers: Sequence[str], *texts: str) -> bool:
+    """Whether a gold answer appears as a whole word (case-insensitive) in any of the texts."""
+    for a in answers:
+        pat = re.compile(rf"(?<!\w){re.escape(a.lower())}(?!\w)")
+        if any(pat.search(t.lower()) for t in texts):
+            return True
+    return False
+
+
+def verify_retrieval(item: MicroSearchItem, search: Any, k: int = K) -> tuple[bool, list[dict[str, Any]]]:
+    """Run every gold query; each must return its needed passage in the top k. Returns (ok, per-hop ranks)."""
+    out, ok = [], True
+    for hop in item.hops:
+        ids = [h.id for h in search.search(hop.query, k=k)]
+        rank = ids.index(hop.passage_id) + 1 if hop.passage_id in ids else None
+        ok &= rank is not None
+        out.append({"query": hop.query, "needed": hop.passage_id, "rank": rank})
+    return ok, out
+
+
+def tokenizer_corpus() -> list[str]:
+    """Text of this world for a tokenizer (fixed seed): questions, queries, passages, observations, answers."""
+    from arftlib.turns import gold_turns
+    from arftlib.types import Task
+
+    w = World(0)
+    lines: list[str] = []
+    order = visit_order(w, 0)
+    for spec in plan(16, seed=0, hard_fraction=0.5):  # gold turns as the workbench writes them
+        it = make_item(w, spec, 0, order)
+        chain = [{"action": "search", "content": h.query} for h in it.hops] + [{"action": "answer", "content": it.answers[0]}]
+        lines += gold_turns(Task(id=str(spec["index"]), question=it.question, images=[], answers=it.answers,
+                                 kind="search", gold_chain=chain))
+    for kind, by in TEMPLATES.items():
+        for split in SPLITS:
+            for t in by[split]:
+                lines += [t.format(category=c) for c in CATEGORIES]
+    for s in list(w.societies.values())[:: max(1, len(w.societies) // 24)]:
+        t = w.towns[s.town]
+        lines += [f"<search>{query_for(s)}</search>", f"<search>{town_query(t)}</search>",
+                  f"<answer>{s.leader}</answer>", f"<answer>{t.name}</answer>"]
+    from arftlib.prompts import render_search_hits
+
+    hits = [p["text"] for p in w.passages]
+    for j in range(0, 48, K):  # observations as the environment renders them
+        lines.append(render_search_hits(hits[j:j + K], K))
+    return lines

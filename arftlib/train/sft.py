@@ -1,0 +1,80 @@
+"""Cold-start supervised fine-tuning (the warm start GRPO begins from), on TRL's `SFTTrainer`.
+
+`sft_warm_start(cfg, dataset, out_dir)` trains on prompt/completion rows with the loss on the completion only and
+saves the result (a LoRA adapter, or with `full=True` the whole model + processor). Rows are step-wise rows
+(`prompt`, `image` or `images`, `solution`: the gold step becomes the assistant completion) or rows that already hold a
+`completion` (then used as they are, e.g. chat-templated text ending in `<|im_end|>`). It is reported as what it
+is — supervised learning on gold data — wherever a "before" number is measured after it.
+
+Left out: packing, multi-image rows beyond TRL's own support, and any schedule but a constant learning rate.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from arftlib.train.args import cuda, torch_dtype
+from arftlib.train.trainer import load_training_processor
+
+if TYPE_CHECKING:  # pragma: no cover
+    from arftlib.config import RunConfig
+
+__all__ = ["lora_config", "sft_warm_start"]
+
+
+def lora_config(cfg: "RunConfig", modules_to_save: Sequence[str] | None = None):
+    """`models.lora_config_for(cfg)`, plus `modules_to_save` (whole modules trained and saved with the adapter,
+    e.g. the language model's final RMSNorm `norm`); None for full fine-tuning."""
+    from arftlib.models import lora_config_for
+
+    lc = lora_config_for(cfg)
+    if lc is not None and modules_to_save:
+        lc.modules_to_save = list(modules_to_save)
+    return lc
+
+
+def sft_warm_start(cfg: "RunConfig", dataset: Any, out_dir: str | os.PathLike, *, max_steps: int = 30,
+                   learning_rate: float | None = None, batch_size: int = 8, model: str | None = None,
+                   modules_to_save: Sequence[str] | None = None, full: bool = False) -> dict[str, Any]:
+    """A short supervised warm start (see the module docstring). Saves to `out_dir/adapter` (or `out_dir/model`
+    with `full=True`) and returns `{"adapter"|"model": path, "steps", "seconds", "loss", "loss_curve"}`."""
+    from trl import SFTConfig, SFTTrainer
+
+    from arftlib.config import apply_threads
+    from arftlib.models import model_path_for
+
+    apply_threads(cfg)
+    out = Path(out_dir)
+    if "completion" in dataset.column_names:
+        ds = dataset
+    else:
+        ds = dataset.map(lambda r: {"completion": [{"role": "assistant", "content": r["solution"]}]})
+    image_col = "images" if "images" in ds.column_names else "image"  # several images (chat rows) or one
+    ds = ds.select_columns(["prompt", "completion", image_col])
+    path = model_path_for(cfg, model)
+    processor = load_training_processor(path, cfg, "stepwise")
+    args = SFTConfig(
+        output_dir=str(out / "sft"), max_steps=int(max_steps), per_device_train_batch_size=batch_size,
+        learning_rate=learning_rate or cfg.learning_rate, lr_scheduler_type="constant",
+        logging_steps=max(1, max_steps // 10), save_strategy="no",
+        report_to=[], bf16=cuda() and cfg.torch_dtype in ("bfloat16", "bf16"), use_cpu=not cuda(),
+        activation_checkpointing=False, seed=cfg.seed, completion_only_loss=True, max_length=None,
+        dataset_num_proc=None, disable_tqdm=False, dataloader_num_workers=0,
+        model_init_kwargs={"dtype": torch_dtype(cfg.torch_dtype), "attn_implementation": cfg.attn_implementation},
+    )
+    trainer = SFTTrainer(model=path, args=args, train_dataset=ds, processing_class=processor,
+                         peft_config=None if full else lora_config(cfg, modules_to_save))
+    t0 = time.perf_counter()
+    result = trainer.train()
+    secs = time.perf_counter() - t0
+    saved = out / ("model" if full else "adapter")
+    trainer.model.save_pretrained(str(saved))
+    if full:
+        processor.save_pretrained(str(saved))
+    return {("model" if full else "adapter"): str(saved), "steps": int(trainer.state.global_step),
+            "seconds": round(secs, 2), "loss": float(result.training_loss), "full": full,
+            "loss_curve": [h["loss"] for h in trainer.state.log_history if "loss" in h]}

@@ -1,0 +1,130 @@
+"""The cold-start warm start, cached: supervised fine-tuning on gold data before RL, done once per recipe.
+
+Agentic RL of a policy that never acts well gets no signal (DeepEyesV2: "RL alone fails" without a cold start);
+the field's remedy is a short supervised stage on gold behaviour first. `warm_start(cfg, tasks, recipe)` builds
+its supervised data from the training tasks' gold chains — as the step-wise rows of the run's format
+(`train.datasets.make_dataset(..., "stepwise")`: each gold turn with the conversation before it, tools replayed) —
+chooses which steps to keep (`WarmStartRecipe`: every answer step, so the policy learns to read the restored or
+searched evidence; the tool steps of only `tool_episode_fraction` of the tasks, so tool use is shown but not
+mastered), fine-tunes (`train.sft.sft_warm_start`), and caches the result under
+`cache_dir("warm-starts", <key>)`, the key hashing the recipe, the model, the config fields that shape the data
+and the tasks. A second call with the same inputs returns the cached model at once (`reused: True`), which is
+how `make reproduce`, the notebooks and the tests share one warm start.
+
+It is reported as what it is — supervised learning on gold episodes — with its data and steps in `warm_start.json`
+next to the weights; every "before" number measured after it is the warm start's.
+
+Left out: rejection-sampled or self-generated SFT data, and mixing tool forms in one warm start.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import random
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from arftlib.config import RunConfig
+    from arftlib.types import Task
+
+__all__ = ["WarmStartRecipe", "warm_start", "warm_start_key"]
+
+MARKER = "warm_start.json"  # written last: its presence means the warm start completed
+
+
+@dataclasses.dataclass(frozen=True)
+class WarmStartRecipe:
+    steps: int = 300  # optimizer steps of supervised fine-tuning
+    learning_rate: float = 1e-3  # AdamW, constant (a policy trained from scratch wants large steps)
+    batch_size: int = 32  # rows per step
+    tool_episode_fraction: float = 0.25  # share of tasks whose tool steps (diagnosis, code, search) are shown
+    answer_steps: bool = True  # keep every task's answer step (reading the evidence)
+    full: bool = True  # full fine-tuning (a random tiny model cannot learn through LoRA alone); False = LoRA
+    seed: int = 0  # which tasks show their tool steps, and the SFT data order
+
+
+def _task_digest(tasks: Sequence["Task"]) -> str:
+    h = hashlib.sha256()
+    for t in tasks:
+        d = t.to_dict()
+        d["images"] = [Path(p).name for p in d["images"]]  # where a build lies must not change the key
+        d["clean_image"] = Path(d["clean_image"]).name if d.get("clean_image") else None
+        if isinstance(d.get("metadata"), dict) and "corpus" in d["metadata"]:
+            d["metadata"] = {**d["metadata"], "corpus": Path(str(d["metadata"]["corpus"])).name}
+        h.update(json.dumps(d, sort_keys=True, ensure_ascii=False).encode("utf-8"))
+    return h.hexdigest()
+
+
+def warm_start_key(cfg: "RunConfig", tasks: Sequence["Task"], recipe: WarmStartRecipe, model_path: str) -> str:
+    """The cache key: recipe, model (its config and tokenizer files), data-shaping config fields and tasks."""
+    from arftlib.models import weights_digest
+
+    fields = {k: getattr(cfg, k) for k in ("protocol", "prompt_style", "tool_format", "image_size", "min_pixels",
+                                           "max_pixels", "max_turns", "search_k", "torch_dtype", "lora_r",
+                                           "lora_alpha", "lora_target_modules")}
+    blob = json.dumps({"recipe": dataclasses.asdict(recipe), "fields": fields, "tasks": _task_digest(tasks),
+                       "model": weights_digest(model_path), "version": 1}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:20]
+
+
+def _select(ds: Any, recipe: WarmStartRecipe) -> Any:
+    """Every answer step (when `answer_steps`), and every step of `tool_episode_fraction` of the tasks."""
+    ids = sorted(set(ds["task_id"]))
+    rng = random.Random(recipe.seed)
+    rng.shuffle(ids)
+    shown = set(ids[: int(round(recipe.tool_episode_fraction * len(ids)))])
+    keep = [i for i, (tid, action) in enumerate(zip(ds["task_id"], ds["gold_action"]))
+            if tid in shown or (recipe.answer_steps and action == "answer")]
+    if not keep:
+        raise ValueError("the warm-start recipe keeps no row (no answer steps and no tool episodes)")
+    return ds.select(keep)
+
+
+def warm_start(cfg: "RunConfig", tasks: Sequence["Task"], recipe: WarmStartRecipe = WarmStartRecipe(), *,
+               model: str | None = None, cache: bool = True, out_dir: str | os.PathLike | None = None
+               ) -> dict[str, Any]:
+    """Fine-tune the run's model on gold steps of `tasks` (see the module docstring) and return `{"model": path,
+    "adapter": path or None (LoRA warm starts), "reused": bool, "key", "rows", "rows_by_action", "steps", "seconds", "loss", "loss_curve", "recipe"}` (also in
+    `<path>/warm_start.json`). `cache=False` always trains (into `out_dir`)."""
+    from arftlib.models import model_path_for
+    from arftlib.paths import cache_dir
+    from arftlib.train.datasets import make_dataset
+    from arftlib.train.sft import sft_warm_start
+
+    base = model_path_for(cfg, model)
+    key = warm_start_key(cfg, tasks, recipe, base)
+    final = Path(out_dir) if (out_dir is not None and not cache) else cache_dir("warm-starts") / key
+    marker = final / MARKER
+    if cache and marker.is_file():
+        info = json.loads(marker.read_text(encoding="utf-8"))
+        return {**info, "reused": True}
+    t0 = time.perf_counter()
+    rows = _select(make_dataset(list(tasks), cfg, "stepwise", seed=recipe.seed), recipe)
+    counts: dict[str, int] = {}
+    for a in rows["gold_action"]:
+        counts[a] = counts.get(a, 0) + 1
+    work = final.parent / f".{final.name}.tmp"
+    shutil.rmtree(work, ignore_errors=True)
+    sft_cfg = cfg.replace(seed=recipe.seed)
+    result = sft_warm_start(sft_cfg, rows, work, max_steps=recipe.steps, learning_rate=recipe.learning_rate,
+                            batch_size=recipe.batch_size, model=base, full=recipe.full)
+    saved = Path(result["model" if recipe.full else "adapter"])
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(saved, final)
+    shutil.rmtree(work, ignore_errors=True)
+    info = {"model": str(final) if recipe.full else base, "adapter": None if recipe.full else str(final),
+            "key": key, "base_model": base, "recipe": dataclasses.asdict(recipe),
+            "rows": len(rows), "rows_by_action": dict(sorted(counts.items())), "n_tasks": len(tasks),
+            "steps": result["steps"], "seconds": round(time.perf_counter() - t0, 1), "sft_seconds": result["seconds"],
+            "loss": result["loss"], "loss_curve": result["loss_curve"], "full": recipe.full,
+            "what": "supervised fine-tuning on gold steps (cold start); numbers measured after it are its own"}
+    marker.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    return {**info, "reused": False}

@@ -1,0 +1,209 @@
+"""Does the policy learn to use its tools? The micro world's learning check: warm start → held-out F1 with live
+tools ("before") → GRPO → the same held-out episodes again ("after").
+
+`micro_learning(out_dir, kind="coding"|"search", method="agentic"|"stepwise"|"sft")`:
+
+1. Data: a `micro-coding` / `micro-search` build (`data.build.build_dataset`, the profile's seed) split train / test.
+2. Warm start (cold-start SFT, cached — `train.warmstart.warm_start`): gold steps of the TRAIN tasks in the run's
+   format (every answer step; the tool steps of only a share of the tasks). Reported as supervised learning.
+3. "before": the warm start on the held-out TEST tasks through the evaluation loop in the very form training
+   uses (`eval` with `--protocol chat --tool-calls tags`: live sandbox / search, greedy), scored by the reference
+   scorer (F1/EM) and the agentic rubric (reward per component); plus the direct-answer baseline (no tools).
+4. Training from the warm start for `minutes` of wall clock (or `steps`): `agentic` = GRPO on live episodes
+   (TRL's tool loop, `environment_factory`); `stepwise` = the paper's GRPO on single gold-prefixed steps (the
+   step rows are prefixes of the same episodes); `sft` = more supervised steps on the full gold episodes.
+5. "after": the same held-out episodes, same seed and sampling, with what step 4 trained.
+
+Everything lands in `out_dir` (metrics.json, the runs' trajectories, evaluation folders) and is returned. The CLI
+`python -m arftlib compare` runs the three methods for the same wall clock and tabulates them with bootstrap CIs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["METHODS", "compare_methods", "evaluate_policy", "micro_learning", "micro_setup"]
+
+METHODS = ("agentic", "stepwise", "sft")
+
+
+def micro_setup(out_dir: str | os.PathLike, *, kind: str = "coding", profile: str = "tiny-cpu", n_tasks: int | None = None,
+                seed: int | None = None, data: str | os.PathLike | None = None,
+                config_overrides: Mapping[str, Any] | None = None):
+    """The run folder, the profile (with overrides), and the micro build split into train / held-out:
+    `(out, cfg, train_tasks, heldout_tasks, data_dir)`."""
+    from arftlib.config import get_config
+    from arftlib.data.build import build_dataset, load_built
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = get_config(profile, **dict(config_overrides or {}))
+    if seed is not None:
+        cfg = cfg.replace(seed=int(seed))
+    n = int(n_tasks or (cfg.n_coding_tasks if kind == "coding" else cfg.n_search_tasks))
+    bench = f"micro-{kind}"
+    if data is None:
+        data = out / "data" / bench
+        if not (Path(data) / "tasks.jsonl").is_file():
+            build_dataset(bench, n, cfg.seed, data, overwrite=True)
+    tasks = load_built(data)
+    train = [t for t in tasks if t.split != "test"]
+    heldout = [t for t in tasks if t.split == "test"]
+    if not train or not heldout:
+        raise ValueError(f"{data}: a micro build needs train and test tasks (got {len(train)} / {len(heldout)})")
+    return out, cfg, train, heldout, Path(data)
+
+
+def evaluate_policy(cfg: Any, model: str, adapter: str | None, tasks: Sequence[Any], out: str | os.PathLike, *,
+                    kind: str, direct_baseline: bool = False, n_boot: int = 1000) -> dict[str, Any]:
+    """Held-out evaluation in the training form (chat, the config's tool form), greedy, with the agentic rubric:
+    `{"f1", "em", "f1_ci", "reward", "components", "tool_calls_per_episode", "by_degradation", "direct_f1", ...}`."""
+    from arftlib.evaluate import run_eval
+    from arftlib.rewards import agentic_rubric
+
+    s = run_eval(f"micro-{kind}", "given", model, "chat", out, cfg=cfg, tasks=list(tasks), adapter=adapter,
+                 tool_calls=cfg.tool_format, rubric=agentic_rubric(kind, cfg.agentic_weights),
+                 direct_baseline=direct_baseline, n_boot=n_boot, progress=False)
+    ref = s["agent"]["scores"]["reference"]
+    roll = s["agent"]["rollout"]
+    res = {"f1": ref["f1"], "em": ref["em"], "f1_ci": ref["f1_ci"], "n": ref["n"],
+           "reward": s["agent"]["reward"]["mean"], "components": s["agent"]["reward"]["components"],
+           "tool_calls_per_episode": round(roll["tool_calls"] / max(1, roll["episodes"]), 3),
+           "answered": round(roll["answered"] / max(1, roll["episodes"]), 3),
+           "turns_per_episode": round(roll["turns"] / max(1, roll["episodes"]), 3),
+           "by_group": _groups(Path(out) / "table.csv", "agent"), "dir": str(out)}
+    if direct_baseline:
+        d = s["direct"]["scores"]["reference"]
+        res.update(direct_f1=d["f1"], direct_f1_ci=d["f1_ci"], direct_by_group=_groups(Path(out) / "table.csv",
+                                                                                          "direct"))
+    return res
+
+
+def _groups(table_csv: Path, run: str) -> dict[str, dict[str, float]]:
+    """`{"degradation=dark": {"n", "f1"}, …}` from an evaluation's table (reference scoring)."""
+    import csv
+
+    out: dict[str, dict[str, float]] = {}
+    with open(table_csv, encoding="utf-8") as fh:
+        for r in csv.DictReader(fh):
+            if r["run"] == run and r["variant"] == "reference" and r["group_by"] in ("degradation", "combination",
+                                                                                     "hops", "split", "all"):
+                out[f"{r['group_by']}={r['group']}"] = {"n": int(r["n"]), "f1": float(r["f1"])}
+    return out
+
+
+def micro_learning(out_dir: str | os.PathLike = "runs/tiny-cpu/micro-learning", *, kind: str = "coding",
+                   method: str = "agentic", profile: str = "tiny-cpu", n_tasks: int | None = None,
+                   heldout_tasks: int | None = None, seed: int | None = None, minutes: float | None = None,
+                   steps: int | None = None, recipe: Any = None, data: str | os.PathLike | None = None,
+                   config_overrides: Mapping[str, Any] | None = None, direct_baseline: bool = True,
+                   n_boot: int = 1000) -> dict[str, Any]:
+    """Warm start → before → train (`method`) → after (see the module docstring). Training stops after `minutes`
+    of wall clock or `steps` optimizer steps, whichever comes first (at least one must be given). Returns the
+    figures (also in `out_dir/metrics.json`)."""
+    from arftlib.models import model_path_for
+    from arftlib.train import lora_snapshot, max_abs_diff, train, wall_clock_stop, write_json
+    from arftlib.train.warmstart import WarmStartRecipe, warm_start
+
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, not {method!r}")
+    if minutes is None and steps is None:
+        raise ValueError("give the training budget: minutes= and/or steps=")
+    t_start = time.perf_counter()
+    out, cfg, train_tasks, test_tasks, data_dir = micro_setup(out_dir, kind=kind, profile=profile, n_tasks=n_tasks,
+                                                              seed=seed, data=data, config_overrides=config_overrides)
+    if heldout_tasks:
+        test_tasks = test_tasks[: int(heldout_tasks)]
+    recipe = recipe or WarmStartRecipe(seed=cfg.seed)
+    ws = warm_start(cfg, train_tasks, recipe)
+    before = evaluate_policy(cfg, ws["model"], ws["adapter"], test_tasks, out / "eval_before", kind=kind,
+                             direct_baseline=direct_baseline, n_boot=n_boot)
+
+    snap = lora_snapshot() if cfg.finetune == "lora" else None
+    callbacks = [c for c in (snap, wall_clock_stop(minutes) if minutes else None) if c is not None]
+    max_steps = int(steps) if steps else 100_000
+    t0 = time.perf_counter()
+    if method == "sft":
+        from arftlib.train.warmstart import WarmStartRecipe as R
+
+        more = R(steps=max_steps if steps else recipe.steps, learning_rate=recipe.learning_rate,
+                 batch_size=recipe.batch_size, tool_episode_fraction=1.0, full=recipe.full, seed=recipe.seed + 1)
+        run_res = warm_start(cfg, train_tasks, more, model=ws["model"], cache=False, out_dir=out / "sft_more")
+        trained_model, trained_adapter = run_res["model"], run_res["adapter"]
+        run = {"steps": run_res["steps"], "s_per_step": run_res["sft_seconds"] / max(1, run_res["steps"]),
+               "log_history": [], "final_dir": run_res["model"]}
+        changed, diff = True, None
+    else:
+        run = train(cfg, method, model=ws["model"], out_dir=out / method, max_steps=max_steps, kind=kind,
+                    tasks=(train_tasks, test_tasks), callbacks=callbacks)
+        trained_model, trained_adapter = ws["model"], run["final_dir"]
+        if cfg.finetune != "lora":
+            trained_model, trained_adapter = run["final_dir"], None
+        diff = max_abs_diff(snap.start, snap.end) if snap is not None else _weights_diff(ws["model"], trained_model)
+        changed = bool(diff > 0)
+    train_s = time.perf_counter() - t0
+    after = evaluate_policy(cfg, trained_model, trained_adapter, test_tasks, out / "eval_after", kind=kind,
+                            direct_baseline=direct_baseline, n_boot=n_boot)
+    hist = run.get("log_history", [])
+    result = {
+        "kind": kind, "method": method, "profile": cfg.profile, "data": str(data_dir),
+        "n_train_tasks": len(train_tasks), "n_heldout_tasks": len(test_tasks),
+        "warm_start_dir": ws["model"], "warm_start": {k: v for k, v in ws.items() if k != "loss_curve"},
+        "adapter_dir": trained_adapter, "trained_model_dir": trained_model,
+        "heldout_f1_before": before["f1"], "heldout_f1_after": after["f1"],
+        "heldout_f1_gain": round(after["f1"] - before["f1"], 2),
+        "heldout_reward_before": before["reward"], "heldout_reward_after": after["reward"],
+        "tool_calls_before": before["tool_calls_per_episode"], "tool_calls_after": after["tool_calls_per_episode"],
+        "direct_f1_before": before.get("direct_f1"), "direct_f1_after": after.get("direct_f1"),
+        "before": before, "after": after, "adapter_changed": changed, "adapter_max_abs_diff": diff,
+        "train_steps": run["steps"], "train_s": round(train_s, 1), "s_per_step": run.get("s_per_step"),
+        "minutes_budget": minutes, "total_s": round(time.perf_counter() - t_start, 1),
+        "train_curve": [{k: h.get(k) for k in ("step", "reward", "episode/tool_calls", "episode/turns",
+                                                "episode/answered", "frac_reward_zero_std")}
+                        for h in hist if "reward" in h],
+        "tool_collapse_warnings": run.get("tool_collapse_warnings", []),
+        "before_is": "the supervised warm start (gold steps); the gain is the training method's",
+        "config": cfg.to_dict(),
+    }
+    write_json(out / "metrics.json", result)
+    return result
+
+
+def _weights_diff(a: str, b: str) -> float:
+    """Largest absolute difference between two saved full models' weights."""
+    from safetensors.torch import load_file
+
+    wa = load_file(str(Path(a) / "model.safetensors"))
+    wb = load_file(str(Path(b) / "model.safetensors"))
+    return max(float((wa[k].float() - wb[k].float()).abs().max()) for k in wa if k in wb)
+
+
+def compare_methods(out_dir: str | os.PathLike, *, kind: str = "coding", minutes: float = 10.0,
+                    methods: Sequence[str] = METHODS, **kwargs: Any) -> dict[str, Any]:
+    """Every method from the same warm start for the same wall clock, evaluated the same way; writes
+    `comparison.json` and `comparison.md` (F1 with bootstrap CIs, reward, tool calls per episode)."""
+    out = Path(out_dir)
+    rows = []
+    for m in methods:
+        r = micro_learning(out / m, kind=kind, method=m, minutes=minutes, **kwargs)
+        rows.append({"method": m, "f1_before": r["heldout_f1_before"], "f1_after": r["heldout_f1_after"],
+                     "f1_after_ci": r["after"]["f1_ci"], "gain": r["heldout_f1_gain"],
+                     "reward_after": r["heldout_reward_after"], "tool_calls_after": r["tool_calls_after"],
+                     "direct_f1_after": r["direct_f1_after"], "steps": r["train_steps"], "train_s": r["train_s"]})
+    best = max(rows, key=lambda r: r["f1_after"])
+    table = ["| method | F1 before | F1 after [95% CI] | gain | reward after | tool calls/episode | direct F1 | "
+             "steps | train s |", "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lo, hi = r["f1_after_ci"]
+        table.append(f"| {r['method']} | {r['f1_before']:.2f} | {r['f1_after']:.2f} [{lo:.2f}, {hi:.2f}] | "
+                     f"{r['gain']:+.2f} | {r['reward_after']:.3f} | {r['tool_calls_after']:.2f} | "
+                     f"{(r['direct_f1_after'] or 0):.2f} | {r['steps']} | {r['train_s']:.0f} |")
+    res = {"kind": kind, "minutes": minutes, "rows": rows, "best": best["method"], "table_md": "\n".join(table)}
+    (out / "comparison.json").write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")
+    (out / "comparison.md").write_text("\n".join(table) + "\n", encoding="utf-8")
+    return res
