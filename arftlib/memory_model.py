@@ -23,7 +23,9 @@ The terms (bytes; h hidden, L layers, I MLP width, V vocabulary, q = heads × he
   moments (2 + 2 + 12 B/param) over the GPUs, plus a bf16 reference model when β > 0 (sharded too), plus a
   working set of gathered parameters (the largest module + one decoder layer).
 - LoRA: r × (in + out) per targeted linear of every decoder layer; PEFT keeps adapters in fp32 (autocast_adapter_
-  dtype), so weights 4 + gradients 4 + AdamW moments 8 = 16 B per adapter parameter.
+  dtype), so weights 4 + gradients 4 + AdamW moments 8 = 16 B per adapter parameter — except on a quantised base,
+  where TRL 1.16's GRPOTrainer casts the adapters to bf16 (the QLoRA recipe; seen on the real-size 3B: 119.7 M
+  adapter parameters in bf16), and torch's AdamW keeps its moments in the parameters' dtype: 2 + 2 + 4 = 8 B.
 - activations (training forward kept for backward, bf16): per decoder layer and token, the RMSNorm inputs and
   outputs (4h), q/k/v after rotary (q + 2k), the attention output (q), Qwen3's q/k-norm inputs (q + k), the MLP's
   gate, up, act(gate) and product (4I), and LoRA's dropout copies of each targeted input (Σ in_features, plus a
@@ -286,7 +288,8 @@ def estimate(cfg: "RunConfig", *, name: str | None = None, prompt_text_tokens: i
         else:
             weights = total_params * 2
         lora_n = lora_params(name, cfg.lora_r, lora_targets)
-        optimizer = lora_n * 16  # fp32 adapter weights, gradients, AdamW m and v
+        # adapter weights, gradients, AdamW m and v: fp32, or bf16 on a quantised base (TRL casts them)
+        optimizer = lora_n * (8 if cfg.quantization else 16)
         reference = 0.0  # with LoRA, TRL's reference model is the base with adapters disabled
         zero_working = 0.0
     persistent = weights + optimizer + reference + zero_working

@@ -125,6 +125,15 @@ def _tail(path: Path, n: int = 1500) -> str:
         return ""
 
 
+def _built(folder: Path, name: str) -> bool:
+    """True when `folder` holds a complete full-size build of `name` (its marker, written last, says so)."""
+    try:
+        marker = json.loads((folder / "arft_published.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return marker.get("name") == name and not marker.get("cut")
+
+
 def _missing(modules: Sequence[str]) -> list[str]:
     return [m for m in modules if importlib.util.find_spec(m) is None]
 
@@ -152,6 +161,13 @@ def environment() -> dict[str, Any]:
     except ImportError:
         info["cuda"] = False
     info["missing"] = {part: _missing(mods) for part, mods in NEEDS.items()}
+    pins = {}  # requirements.txt pins that differ from what is installed (the code is tested at the pins)
+    req = REPO / "requirements.txt"
+    for line in req.read_text(encoding="utf-8").splitlines() if req.is_file() else []:
+        name, _, ver = line.split("#", 1)[0].strip().partition("==")
+        if ver and name in info and info[name] is not None and str(info[name]).split("+")[0] != ver:
+            pins[name] = {"pinned": ver, "installed": info[name]}
+    info["differs_from_pins"] = pins
     return info
 
 
@@ -304,6 +320,9 @@ def run_check(out: str | os.PathLike, *, budget_s: float = DEFAULT_BUDGET_S, smo
             row.update(status="skipped", reason=f"time budget: {left:.0f} s left, needs ≥ {least_s:.0f} s")
         elif part != "build" and PROFILE_MODEL.get(name, name) not in models:
             row.update(status="skipped", reason=f"model {PROFILE_MODEL.get(name, name)} was not built")
+        elif part == "build" and not smoke and _built(work / name, name):  # a rerun on the same machine
+            models[name] = str(work / name)
+            row.update(status="ok", folder=str(work / name), reused=True, seconds=0.0)
         else:
             timeout = min(cap_s, left)
             log = logs / f"{key.replace(':', '_')}.log"

