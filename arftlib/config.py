@@ -48,7 +48,7 @@ class RunConfig:
 
     # --- agent ----------------------------------------------------------------------------------------
     protocol: str = "tags"  # "tags" (the paper: history in one user message) or "chat" (multi-turn chat)
-    prompt_style: str = "reference"  # system prompt: "reference" (the paper's, verbatim) | "compact" (same actions, a few lines)
+    prompt_style: str = "reference"  # prompts: "reference" (the paper's, verbatim) | "compact" (same actions, a few lines) | "minimal" (one line)
     tool_format: str = "tags"  # agentic training's tool-call form: "tags" (the paper's actions) | "json" (Qwen tool calls)
     max_turns: int = 5  # turns per episode before the environment stops it (the reference uses 5)
     image_budget: int = 4  # tool-produced images an episode may add to the context
@@ -136,98 +136,19 @@ def _tiny_cpu() -> RunConfig:
     )
 
 
-def _qwen25_3b_qlora_24gb() -> RunConfig:
-    # One 24 GB GPU: Qwen2.5-VL-3B with a 4-bit language model (vision tower in bf16) and LoRA adapters.
-    return RunConfig(
-        profile="qwen2.5-vl-3b-qlora-24gb",
-        model_id="Qwen/Qwen2.5-VL-3B-Instruct",
-        quantization="4bit",
+ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")  # every LM projection
+
+
+def _one_gpu(**settings: Any) -> RunConfig:
+    # What every single-GPU profile shares; each profile below states only where it differs.
+    base = dict(
         finetune="lora",
-        lora_r=64,
-        lora_alpha=128,
-        lora_target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
-        torch_dtype="bfloat16",
-        gradient_checkpointing=True,
-        image_size=720,
-        max_completion_length=512,
-        num_generations=8,
-        per_device_train_batch_size=8,
-        gradient_accumulation_steps=2,
-        learning_rate=5e-5,
-        max_steps=400,
-        eval_batch_size=32,
-    )
-
-
-def _qwen25_7b_lora_80gb() -> RunConfig:
-    # One 80 GB GPU: Qwen2.5-VL-7B in bf16 with LoRA (switch quantization="4bit" to fit ≤ 24 GB).
-    return RunConfig(
-        profile="qwen2.5-vl-7b-lora-80gb",
-        model_id="Qwen/Qwen2.5-VL-7B-Instruct",
-        quantization=None,
-        finetune="lora",
-        lora_r=64,
-        lora_alpha=128,
-        lora_target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
-        torch_dtype="bfloat16",
-        gradient_checkpointing=True,
-        image_size=720,
-        max_completion_length=512,
-        num_generations=8,
-        per_device_train_batch_size=8,
-        gradient_accumulation_steps=2,
-        learning_rate=3e-5,
-        max_steps=400,
-        eval_batch_size=32,
-    )
-
-
-def _paper_8gpu() -> RunConfig:
-    # The paper's recipe: full fine-tuning, 8 GPUs, DeepSpeed ZeRO-3, 8 generations, β = 0.04.
-    return RunConfig(
-        profile="paper-8gpu",
-        model_id="Qwen/Qwen2.5-VL-7B-Instruct",
-        quantization=None,
-        finetune="full",
-        torch_dtype="bfloat16",
-        gradient_checkpointing=True,
-        image_size=720,
-        max_completion_length=1024,
-        num_generations=8,
-        per_device_train_batch_size=1,
-        gradient_accumulation_steps=2,
-        learning_rate=1e-6,
-        beta=0.04,
-        max_steps=1400,
-        save_steps=200,
-        deepspeed="configs/zero3.json",
-        num_processes=8,
-        eval_batch_size=32,
-    )
-
-
-# Qwen3-VL (2025): 16-pixel patches, so the pixel bounds are set in 32 × 32 units (one merged token each); the
-# reference's 401,408-pixel cap is exactly 392 such tokens (a 720×720 image becomes 608×608 = 361 tokens, against
-# 484 for Qwen2.5-VL's 28-pixel units). Module names match Qwen2.5-VL's in transformers 5.24 (`model.visual`,
-# `model.language_model.layers.N.{self_attn,mlp}.*_proj`), so LoRA targets and the 4-bit skip list carry over
-# (checked on published-size cuts in tests/test_published_models.py). Chat template: TRL's qwen3_vl template.
-
-def _qwen3_vl_2b_lora_24gb() -> RunConfig:
-    # One 24 GB GPU: Qwen3-VL-2B small enough to keep in bf16 (4.3 GB of weights), LoRA on every linear.
-    return RunConfig(
-        profile="qwen3-vl-2b-lora-24gb",
-        model_id="Qwen/Qwen3-VL-2B-Instruct",
-        arch="qwen3_vl",  # architecture family (also what a tiny stand-in would be built as)
-        quantization=None,  # bf16: quantising a 2B model saves ~3 GB and costs dequantisation time
-        finetune="lora",
-        lora_r=64,  # rank 64 on all seven projections: ~70 M trainable parameters
-        lora_alpha=128,  # scale alpha / r = 2, as the Qwen2.5-VL profiles
-        lora_target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
-        torch_dtype="bfloat16",
-        gradient_checkpointing=True,  # 8 × ~1.1 k-token sequences: activations dominate without it
+        lora_r=64,  # rank 64 on every projection of the language model
+        lora_alpha=128,  # scale alpha / r = 2
+        lora_target_modules=ALL_LINEAR,
+        torch_dtype="bfloat16",  # weights (and the 4-bit compute dtype) in bf16
+        gradient_checkpointing=True,  # 8 × ~1 k-token sequences: activations dominate without it
         image_size=720,  # as the reference
-        min_pixels=4 * 32 * 32,  # ≥ 4 merged tokens (Qwen3-VL's unit is 32 × 32 pixels)
-        max_pixels=392 * 32 * 32,  # = 401,408, the reference's cap: ≤ 392 image tokens
         max_completion_length=512,  # tokens sampled per turn
         num_generations=8,  # GRPO group size (the paper's 8)
         per_device_train_batch_size=8,  # one group per micro-batch
@@ -236,60 +157,61 @@ def _qwen3_vl_2b_lora_24gb() -> RunConfig:
         max_steps=400,
         eval_batch_size=32,
     )
+    return RunConfig(**{**base, **settings})
+
+
+def _qwen25_3b_qlora_24gb() -> RunConfig:
+    # One 24 GB GPU: Qwen2.5-VL-3B with a 4-bit language model (vision tower in bf16) and LoRA adapters.
+    return _one_gpu(profile="qwen2.5-vl-3b-qlora-24gb", model_id="Qwen/Qwen2.5-VL-3B-Instruct", quantization="4bit")
+
+
+def _qwen25_7b_lora_80gb() -> RunConfig:
+    # One 80 GB GPU: Qwen2.5-VL-7B in bf16 with LoRA (switch quantization="4bit" to fit ≤ 24 GB).
+    return _one_gpu(profile="qwen2.5-vl-7b-lora-80gb", model_id="Qwen/Qwen2.5-VL-7B-Instruct", quantization=None,
+                    learning_rate=3e-5)
+
+
+def _paper_8gpu() -> RunConfig:
+    # The paper's recipe: full fine-tuning, 8 GPUs, DeepSpeed ZeRO-3, 8 generations, β = 0.04.
+    return _one_gpu(profile="paper-8gpu", model_id="Qwen/Qwen2.5-VL-7B-Instruct", quantization=None,
+                    finetune="full", max_completion_length=1024, per_device_train_batch_size=1,
+                    learning_rate=1e-6, beta=0.04, max_steps=1400, save_steps=200, deepspeed="configs/zero3.json",
+                    num_processes=8)
+
+
+# Qwen3-VL (2025): 16-pixel patches, so the pixel bounds are set in 32 × 32 units (one merged token each); the
+# reference's 401,408-pixel cap is exactly 392 such tokens (a 720×720 image becomes 608×608 = 361 tokens, against
+# 484 for Qwen2.5-VL's 28-pixel units). Module names match Qwen2.5-VL's in transformers 5.24 (`model.visual`,
+# `model.language_model.layers.N.{self_attn,mlp}.*_proj`), so LoRA targets and the 4-bit skip list carry over
+# (checked on published-size cuts in tests/test_published_models.py). Chat template: TRL's qwen3_vl template.
+QWEN3_PIXELS = dict(min_pixels=4 * 32 * 32,  # ≥ 4 merged tokens (Qwen3-VL's unit is 32 × 32 pixels)
+                    max_pixels=392 * 32 * 32)  # = 401,408, the reference's cap: ≤ 392 image tokens
+
+
+def _qwen3_vl_2b_lora_24gb() -> RunConfig:
+    # One 24 GB GPU: Qwen3-VL-2B small enough to keep in bf16 (4.3 GB of weights), LoRA on every linear (~70 M
+    # trainable); quantising a 2B model saves ~3 GB and costs dequantisation time.
+    return _one_gpu(profile="qwen3-vl-2b-lora-24gb", model_id="Qwen/Qwen3-VL-2B-Instruct", arch="qwen3_vl",
+                    quantization=None, **QWEN3_PIXELS)
 
 
 def _qwen3_vl_4b_qlora_24gb() -> RunConfig:
-    # One 24 GB GPU: Qwen3-VL-4B with a 4-bit language model (vision tower and lm_head in bf16) and LoRA.
-    return RunConfig(
-        profile="qwen3-vl-4b-qlora-24gb",
-        model_id="Qwen/Qwen3-VL-4B-Instruct",
-        arch="qwen3_vl",
-        quantization="4bit",  # NF4 + double quantisation (QLoRA); vision tower + lm_head unquantised
-        finetune="lora",
-        lora_r=64,  # ~132 M trainable parameters on all seven projections
-        lora_alpha=128,  # scale 2
-        lora_target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
-        torch_dtype="bfloat16",  # dtype of the unquantised parts and of the 4-bit compute
-        gradient_checkpointing=True,
-        image_size=720,
-        min_pixels=4 * 32 * 32,
-        max_pixels=392 * 32 * 32,
-        max_completion_length=512,
-        num_generations=8,
-        per_device_train_batch_size=8,
-        gradient_accumulation_steps=2,
-        learning_rate=5e-5,
-        max_steps=400,
-        eval_batch_size=32,
-    )
+    # One 24 GB GPU: Qwen3-VL-4B with a 4-bit language model (NF4 + double quantisation; vision tower and lm_head
+    # in bf16) and LoRA (~132 M trainable).
+    return _one_gpu(profile="qwen3-vl-4b-qlora-24gb", model_id="Qwen/Qwen3-VL-4B-Instruct", arch="qwen3_vl",
+                    quantization="4bit", **QWEN3_PIXELS)
 
 
 def _qwen3_vl_8b_qlora_24gb() -> RunConfig:
     # One 24 GB GPU: Qwen3-VL-8B in 4-bit; its untied 151,936 × 4096 lm_head and the vision tower stay bf16
-    # (~2.3 GB). arftlib.memory_model estimates ~14 GiB at these settings with one image per episode; micro-batches
-    # of half a group (4) leave room for agentic episodes that add tool images (each +361 tokens per sequence).
-    return RunConfig(
-        profile="qwen3-vl-8b-qlora-24gb",
-        model_id="Qwen/Qwen3-VL-8B-Instruct",
-        arch="qwen3_vl",
-        quantization="4bit",
-        finetune="lora",
-        lora_r=64,  # ~175 M trainable parameters (2.6 GiB with fp32 gradients and AdamW moments)
-        lora_alpha=128,  # scale 2
-        lora_target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
-        torch_dtype="bfloat16",
-        gradient_checkpointing=True,
-        image_size=720,
-        min_pixels=4 * 32 * 32,
-        max_pixels=392 * 32 * 32,
-        max_completion_length=512,
-        num_generations=8,
-        per_device_train_batch_size=4,  # half a GRPO group per micro-batch (TRL gathers whole groups per step)
-        gradient_accumulation_steps=4,  # 16 completions = two groups per optimizer step
-        learning_rate=3e-5,  # the larger model takes smaller steps
-        max_steps=400,
-        eval_batch_size=16,  # generation KV cache of 16 episodes fits beside the 4-bit weights
-    )
+    # (~2.3 GB). arftlib.memory_model estimates ~12.6 GiB at these settings with one image per episode; micro-batches
+    # of half a group (4, TRL gathers whole groups per step) × 4 accumulation = two groups per optimizer step leave
+    # room for agentic episodes that add tool images (each +361 tokens per sequence). LoRA: ~175 M trainable (1.3 GiB
+    # with bf16 gradients and AdamW moments, as TRL casts QLoRA adapters); the larger model takes smaller steps; 16 episodes' generation KV
+    # cache fits beside the 4-bit weights.
+    return _one_gpu(profile="qwen3-vl-8b-qlora-24gb", model_id="Qwen/Qwen3-VL-8B-Instruct", arch="qwen3_vl",
+                    quantization="4bit", per_device_train_batch_size=4, gradient_accumulation_steps=4,
+                    learning_rate=3e-5, eval_batch_size=16, **QWEN3_PIXELS)
 
 
 _BUILDERS = {
@@ -316,12 +238,48 @@ def default_profile() -> str:
     return "qwen2.5-vl-3b-qlora-24gb" if cuda_available() else "tiny-cpu"
 
 
-def get_config(profile: str | None = None, **overrides: Any) -> RunConfig:
-    """The named profile's config (auto-picked when `profile` is None or "auto"), with overrides applied."""
+# The micro world (`micro-coding`, `micro-search`) in the CPU profile: a policy big enough to see, and an episode
+# short enough to train live on 2 cores. `get_config("tiny-cpu", benchmark="micro-coding")` applies these before
+# the caller's overrides; the GPU profiles train and evaluate the micro world with their own settings.
+MICRO_WORLD: dict[str, dict[str, Any]] = {
+    "tiny-cpu": dict(
+        tiny_size="seeing",  # the ~5 M-parameter Qwen2.5-VL that learns to read colours, shapes and positions
+        torch_threads=1,  # one thread per op: on a busy 2-core machine two spinning threads are several times slower
+        image_size=224,  # the micro canvas; the policy sees it at max_pixels (112 × 112), crops come back sharp
+        protocol="chat",  # multi-turn chat: the form TRL's tool loop trains (tags actions inside, tool_format)
+        tool_format="tags",  # the paper's actions <problem> / <code> / <search> / <answer> as TRL tool calls
+        prompt_style="minimal",  # a one-line system prompt (~30 tokens) instead of the reference's ~1,000: sequence
+        # length is what a CPU step costs
+        max_turns=4,  # problem → code → answer needs 3; one spare turn
+        max_completion_length=320,  # a whole agentic episode's tokens (the three gold turns are ~100 + tool output)
+        eval_max_new_tokens=96,  # one turn in evaluation (the longest gold turn, the code, is ≤ 85)
+        eval_batch_size=32,  # episodes decoded together in evaluation
+        num_generations=8,  # GRPO group size, as the paper
+        per_device_train_batch_size=16,  # two groups per step
+        learning_rate=5e-4,  # LoRA on a tiny model: large steps
+        lora_r=16,  # rank 16 on every linear of the language model
+        lora_alpha=32,
+        lora_target_modules=ALL_LINEAR,
+        filter_zero_variance_groups=True,  # most groups of a warm-started policy agree: no signal, no update
+        mask_unfinished_episodes=True,  # an episode that never answers teaches nothing about answering
+        mask_truncated_completions=True,  # nor one cut at max_completion_length
+        n_coding_tasks=1000,  # micro-coding tasks (80 % train)
+        n_search_tasks=1000,  # micro-search tasks (80 % train)
+        report_to="none",  # curves come from the run's log_history (notebook 04 plots them)
+    ),
+}
+
+
+def get_config(profile: str | None = None, benchmark: str | None = None, **overrides: Any) -> RunConfig:
+    """The named profile's config (auto-picked when `profile` is None or "auto"), with the micro world's settings
+    when `benchmark` is `micro-coding` / `micro-search` (`MICRO_WORLD`), then `overrides` applied."""
     name = default_profile() if profile in (None, "", "auto") else profile
     if name not in _BUILDERS:
         raise KeyError(f"unknown profile {name!r}; known profiles: {', '.join(PROFILES)}")
-    return _BUILDERS[name]().replace(**overrides)
+    cfg = _BUILDERS[name]()
+    if benchmark and str(benchmark).startswith("micro-"):
+        cfg = cfg.replace(**MICRO_WORLD.get(name, {}))
+    return cfg.replace(**overrides)
 
 
 def describe(cfg: RunConfig) -> list[tuple[str, Any, str]]:

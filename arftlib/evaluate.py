@@ -24,9 +24,11 @@ and tools, and writes into `out/`:
   (`metadata["needed_passages"]`) that appeared in the episode's hits and the fraction of episodes whose hits
   contain a gold answer.
 
-`direct_baseline=True` also runs the no-tool baseline (the `direct` protocol: the question plus "Answer the
-question directly…", one turn, the raw output is the answer, as the reference's `*_df.py` scripts) into
-`out/direct/`, and its rows join the table with `run = "direct"`.
+`direct_baseline=True` also runs the no-tool baseline into `out/direct/`, and its rows join the table with
+`run = "direct"`: for a model with a recorded trained form (a warm start or an adapter this workbench trained),
+the agent's own form with its tools switched off (every tool call answered "tools are off"); otherwise the
+reference's `direct` protocol (the question plus "Answer the question directly…", one turn, the raw output is the
+answer, as its `*_df.py` scripts). `direct_form=` chooses; `summary["direct"]["form"]` records which ran.
 
 `model="oracle"` replays the gold chains (`rollout.ScriptedPolicy`) through the same environment: on the
 procedural benchmarks it must score F1 ≥ 99, which checks the environment, the tools and the scoring
@@ -42,6 +44,7 @@ import csv
 import json
 import os
 import time
+import logging
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -49,6 +52,8 @@ from typing import Any
 
 from arftlib.env import AgentEnv, env_factory
 from arftlib.types import Task, Trajectory
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "BENCHMARKS",
@@ -317,12 +322,13 @@ def run_eval(
     *,
     cfg: Any = None,
     direct_baseline: bool = False,
+    direct_form: str | None = None,
     tasks: Sequence[Task] | None = None,
     split: str | None = None,
     limit: int | None = None,
     offset: int = 0,
     image_root: str | os.PathLike | None = None,
-    tool_calls: bool | str = False,
+    tool_calls: bool | str | None = None,
     adapter: str | os.PathLike | None = None,
     policy: Any = None,
     rubric: Any = None,
@@ -346,15 +352,30 @@ def run_eval(
     or "oracle" = gold chains), `adapter` (a LoRA adapter on the model), `policy` (a ready `policies.Policy`;
     `model` is then only recorded), `rubric` (score every episode with it: `traj.reward` and components in the
     trajectories), `tool_calls` (chat only: "tags" or True/"json" — the TRL tool-call form the episodes run in, as
-    `train --mode agentic` trains them), `search_options` (backend options such as `corpus=` or `url=`),
-    `env_options` (other `AgentEnv` settings)."""
+    `train --mode agentic` trains them; False = plain chat turns), `search_options` (backend options such as `corpus=` or `url=`),
+    `env_options` (other `AgentEnv` settings). `direct_form` picks the no-tool baseline: "reference" (the `direct`
+    protocol, the reference's `*_df.py` prompt) or "tools_off" (the agent's own protocol and tool form, every tool
+    call answered "tools are off": the fair baseline for a policy trained in one form, which cannot follow a prompt
+    it never saw); default: "tools_off" for a model or adapter with a recorded trained form, else "reference"."""
     from arftlib.config import apply_threads, get_config
     from arftlib.policies import load_policy_for_eval
 
     cfg = get_config(None) if cfg is None else cfg
     if overrides:
         cfg = cfg.replace(**overrides)
+    from arftlib.models import trained_form_of
+
+    form = trained_form_of(model, adapter)
+    if form and protocol is None and tool_calls is None:  # evaluate in the form it was trained in
+        protocol, tool_calls = form["protocol"], form.get("tool_format") or False
     protocol = protocol or cfg.protocol
+    if tool_calls is None:
+        tool_calls = cfg.tool_format if protocol == "chat" and form else False
+    if form and (protocol, tool_calls or None) != (form["protocol"], form.get("tool_format")):
+        log.warning("%s was trained on %s episodes (tool calls: %s) but is evaluated as %s (tool calls: %s); to "
+                    "evaluate it in its own form pass --protocol %s%s", adapter or model, form["protocol"],
+                    form.get("tool_format"), protocol, tool_calls or None, form["protocol"],
+                    f" --tool-calls {form['tool_format']}" if form.get("tool_format") else "")
     apply_threads(cfg)
     if protocol not in ("tags", "chat"):
         raise ValueError(f"protocol must be 'tags' or 'chat' (the direct baseline is direct_baseline=True), "
@@ -409,12 +430,18 @@ def run_eval(
         summary["agent"]["reward"] = _reward_summary(trajs)
     if direct_baseline:
         d_out = out / "direct"
-        d_settings = {**env_settings, "max_turns": 1}  # no tools: one turn, the whole turn is the answer
-        d_trajs, d_records, d_roll = _one_run(tasks, policy, "direct", d_out, run="direct", env_settings=d_settings,
-                                              **common)
+        direct_form = direct_form or ("tools_off" if form else "reference")
+        if direct_form == "reference":  # no tools: one turn, the whole turn is the answer
+            d_protocol, d_settings = "direct", {**env_settings, "max_turns": 1}
+        elif direct_form == "tools_off":  # the agent's own form, tools answer "off"
+            d_protocol, d_settings = protocol, {**env_settings, "tool_calls": tool_calls, "tools_off": True}
+        else:
+            raise ValueError(f"direct_form must be 'reference' or 'tools_off', not {direct_form!r}")
+        d_trajs, d_records, d_roll = _one_run(tasks, policy, d_protocol, d_out, run="direct",
+                                              env_settings=d_settings, **common)
         d_rows = group_table(tasks, d_records, benchmark, run="direct", n_boot=n_boot, ci=ci, seed=cfg.seed)
         rows += d_rows
-        summary["direct"] = {"scores": _overall(d_rows, "direct"), "official": _official(d_records, benchmark),
+        summary["direct"] = {"form": direct_form, "scores": _overall(d_rows, "direct"), "official": _official(d_records, benchmark),
                              "rollout": d_roll, "results": str(d_out / "results.json")}
     _write_table(rows, out, ci)
     summary["wall_s"] = round(time.perf_counter() - t0, 3)
@@ -463,6 +490,9 @@ def add_eval_arguments(p: Any) -> None:
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override any RunConfig field (repeatable), e.g. --set eval_max_new_tokens=1024")
     p.add_argument("--direct-baseline", action="store_true", help="also run the no-tool direct-answer baseline")
+    p.add_argument("--direct-form", default=None, choices=["reference", "tools_off"],
+                   help="the baseline's form: the reference's direct prompt, or the agent's own form with tools "
+                        "switched off (default for models this workbench trained)")
     p.add_argument("--split", default=None, help="only tasks of this split (e.g. test)")
     p.add_argument("--limit", type=int, default=None, help="at most this many tasks")
     p.add_argument("--offset", type=int, default=0, help="skip this many tasks first")
@@ -496,7 +526,7 @@ def eval_from_args(args: Any) -> dict[str, Any]:
         value = getattr(args, flag)
         if value is not None:
             overrides[field] = value
-    cfg = get_config(args.profile, **overrides)
+    cfg = get_config(args.profile, benchmark=args.benchmark, **overrides)
     search_options: dict[str, Any] = {}
     if args.search_corpus:
         search_options["corpus"] = args.search_corpus
@@ -504,8 +534,8 @@ def eval_from_args(args: Any) -> dict[str, Any]:
         search_options["url"] = args.search_url
     return run_eval(
         args.benchmark, args.data, args.model, args.protocol, args.out, cfg=cfg, adapter=args.adapter,
-        direct_baseline=args.direct_baseline, split=args.split, limit=args.limit, offset=args.offset,
-        image_root=args.image_root, sequential=args.sequential, tool_calls=args.tool_calls or False,
+        direct_baseline=args.direct_baseline, direct_form=args.direct_form, split=args.split, limit=args.limit, offset=args.offset,
+        image_root=args.image_root, sequential=args.sequential, tool_calls=args.tool_calls,
         search_options=search_options, tool_workers=args.tool_workers, n_boot=args.n_boot,
         progress=not args.no_progress,
     )

@@ -54,6 +54,23 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 
 log = logging.getLogger(__name__)
 
+TRAINED_FORM_FILE = "arft_trained_form.json"  # next to a trained model / adapter: the episode form it learned
+
+
+def trained_form(cfg: "RunConfig", mode: str) -> dict[str, Any]:
+    """How the episodes a model was trained on were written: protocol, TRL tool-call form, prompt style."""
+    return {"mode": mode, "protocol": cfg.protocol, "tool_format": cfg.tool_format if cfg.protocol == "chat" else None,
+            "prompt_style": cfg.prompt_style, "profile": cfg.profile}
+
+
+def trained_form_of(model: str | None, adapter: str | None) -> dict[str, Any] | None:
+    """The form (`trained_form`) an adapter — else a model folder — records in `TRAINED_FORM_FILE` (written by
+    `train` and the warm start); None for anything else (a hub id, the base models)."""
+    for folder in (adapter, model):
+        if folder and (Path(folder) / TRAINED_FORM_FILE).is_file():
+            return json.loads((Path(folder) / TRAINED_FORM_FILE).read_text(encoding="utf-8"))
+    return None
+
 ARCHS = ("qwen2_5_vl", "qwen3_vl")
 TINY_MODEL_VERSION = 1  # bump when the toy build changes; cached builds with another version are rebuilt
 SEEING_MODEL_VERSION = 1  # the same for the `seeing` size (its own counter, so the toy cache survives changes)

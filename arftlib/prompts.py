@@ -65,6 +65,7 @@ __all__ = [
     "CHAT_TOOL_SENTENCE",
     "CODING_SYSTEM_PROMPT",
     "COMPACT_PROMPT",
+    "MINIMAL_PROMPT",
     "PROMPT_STYLES",
     "DIRECT_SUFFIX",
     "PROTOCOLS",
@@ -72,6 +73,8 @@ __all__ = [
     "STEP_TYPES",
     "TIPS_CROP",
     "TIPS_GENERIC",
+    "TIPS_MINIMAL",
+    "TOOLS_OFF_TEXT",
     "TIPS_NONE",
     "build_messages",
     "format_observation_code",
@@ -180,6 +183,9 @@ TIPS_GENERIC = (
     "outputting the python code. </tips>"
 )
 
+# Our own: what a tool call gets in the no-tool baseline of a policy trained in a tool form (`AgentEnv(tools_off=True)`).
+TOOLS_OFF_TEXT = "Tools are switched off in this run. Answer from the image as it is."
+
 # --- verbatim: evaluation_*_ngpu_7b_df.py (direct-answer baseline: question + "\n" + suffix) ---------------
 DIRECT_SUFFIX = "Answer the question directly. The answer should be very brief."
 
@@ -194,7 +200,7 @@ CHAT_TOOL_SENTENCE = {
 }
 
 STEP_TYPES = ("pre_problem", "pre_code", "pre_answer", "search")
-PROMPT_STYLES = ("reference", "compact")
+PROMPT_STYLES = ("reference", "compact", "minimal")
 
 # ours: the same actions in a few lines, for small policies (every prompt token costs a CPU policy time)
 COMPACT_PROMPT = {
@@ -211,6 +217,23 @@ COMPACT_PROMPT = {
         "<answer> ... </answer> gives the final answer, as briefly as possible."
     ),
 }
+
+
+# ours: one line, for the few-million-parameter policy of the micro world (its sequences are its training cost;
+# the reference prompt alone would be ~1,000 of its tokens)
+MINIMAL_PROMPT = {
+    "coding": "Write <think> ... </think>, then one action: <problem> labels </problem>, <code> python </code> or "
+              "<answer> answer </answer>.",
+    "search": "Write <think> ... </think>, then one action: <search> query </search> or <answer> answer </answer>.",
+}
+# ours: the `<tips>` after a <problem> turn in the minimal style: the labels come back, nothing else
+TIPS_MINIMAL = "<tips> {problems} </tips>"
+
+
+def _short_head(fam: str, style: str) -> str | None:
+    """The instructions of a short style (compact / minimal), None for the reference's."""
+    _check_style(style)
+    return {"compact": COMPACT_PROMPT, "minimal": MINIMAL_PROMPT}.get(style, {}).get(fam)
 
 
 def _check_protocol(protocol: str) -> None:
@@ -232,7 +255,8 @@ def system_prompt(kind: str, protocol: str, style: str = "reference") -> str | N
 
     `tags` and `direct` → None: the reference puts its prompt inside the user text (see
     `initial_user_text`). `chat` → the reference prompt without its "# Current reasoning chain:" tail, plus
-    one sentence on how tool results come back; with `style="compact"`, `COMPACT_PROMPT` instead.
+    one sentence on how tool results come back; with `style="compact"` / `"minimal"`, `COMPACT_PROMPT` /
+    `MINIMAL_PROMPT` instead.
 
     >>> system_prompt("coding", "tags") is None
     True
@@ -242,11 +266,11 @@ def system_prompt(kind: str, protocol: str, style: str = "reference") -> str | N
     True
     """
     _check_protocol(protocol)
-    _check_style(style)
+    short = _short_head(task_family(kind), style)
     if protocol != "chat":
         return None
-    if style == "compact":
-        return COMPACT_PROMPT[task_family(kind)]
+    if short is not None:
+        return short
     ref = _reference_prompt(kind)
     body = ref[: -len(_CHAIN_TAIL)].rstrip() if ref.endswith(_CHAIN_TAIL) else ref.rstrip()
     return body + "\n\n" + CHAT_TOOL_SENTENCE[task_family(kind)]
@@ -269,8 +293,8 @@ def initial_user_text(task: Task, protocol: str, style: str = "reference") -> st
     """The text of the first user message (the image block is added by the caller / `build_messages`).
 
     tags: coding → `CODING_SYSTEM_PROMPT + "<query> q <query>"`; search/multihop →
-    `SEARCH_SYSTEM_PROMPT + "\\n<query> q </query>"` (both exactly as the reference evaluation); with
-    `style="compact"`: `COMPACT_PROMPT + "\\n<query> q </query>"`.
+    `SEARCH_SYSTEM_PROMPT + "\\n<query> q </query>"` (both exactly as the reference evaluation); with a short
+    style: `COMPACT_PROMPT` / `MINIMAL_PROMPT` `+ "\\n<query> q </query>"`.
     chat: `<query> q </query>`. direct: `q + "\\n" + DIRECT_SUFFIX`.
 
     >>> t = Task(id="1", question="Who?", images=[], answers=["x"], kind="multihop")
@@ -278,11 +302,11 @@ def initial_user_text(task: Task, protocol: str, style: str = "reference") -> st
     True
     """
     _check_protocol(protocol)
-    _check_style(style)
     fam = task_family(task.kind)
+    short = _short_head(fam, style)
     if protocol == "tags":
-        if style == "compact":
-            return COMPACT_PROMPT[fam] + "\n" + query_block(task.question)
+        if short is not None:
+            return short + "\n" + query_block(task.question)
         if fam == "coding":
             return CODING_SYSTEM_PROMPT + query_block(task.question, reference_eval_coding=True)
         return SEARCH_SYSTEM_PROMPT + "\n" + query_block(task.question)
@@ -416,14 +440,15 @@ def format_observation_code(
     return msg
 
 
-def tips_text(diagnosis: Iterable[str] | str) -> str:
+def tips_text(diagnosis: Iterable[str] | str, style: str = "reference") -> str:
     """The `<tips>` the reference appends after a `<problem>` turn, INCLUDING its trailing newline (the
     "none" tip has none), so `render_tags_history` reproduces the reference byte for byte.
 
     The reference sorts the labels and looks only at the first: "crop" → crop tip, "none" → none tip,
     anything else → the generic tip quoting the sorted list's repr. For byte-exact behaviour pass the
     reference's own extraction (`parse.reference_problems(turn)`, unknown labels kept); a parsed set works
-    too. An empty diagnosis (the reference crashes on it) gives the generic tip with `[]`.
+    too. An empty diagnosis (the reference crashes on it) gives the generic tip with `[]`. `style="minimal"`:
+    `TIPS_MINIMAL` (the sorted labels only).
 
     >>> tips_text({"rotation90", "dark"})
     "<tips> Now that we have identified the issue in the image: ['dark', 'rotation90'], please proceed to address it by outputting the python code. </tips>\\n"
@@ -431,6 +456,9 @@ def tips_text(diagnosis: Iterable[str] | str) -> str:
     True
     """
     labels = sorted([diagnosis] if isinstance(diagnosis, str) else [str(x) for x in diagnosis])
+    _check_style(style)
+    if style == "minimal":
+        return TIPS_MINIMAL.format(problems=repr(labels)) + "\n"
     if labels and labels[0] == "crop":
         return TIPS_CROP + "\n"
     if labels and labels[0] == "none":
@@ -602,9 +630,7 @@ def stepwise_prompt(step_type: str, task: Task, context: str | Sequence[Any] | N
     if (step_type == "search") != (fam == "search"):
         raise ValueError(f"step type {step_type!r} does not fit a {task.kind!r} task (task id {task.id!r})")
     ctx = _context_text(context)
-    _check_style(style)
-    head = (COMPACT_PROMPT[fam] if style == "compact" else _reference_prompt(task.kind)) + "\n" + \
-        query_block(task.question)
+    head = (_short_head(fam, style) or _reference_prompt(task.kind)) + "\n" + query_block(task.question)
     if step_type == "pre_problem":
         if ctx:
             raise ValueError(f"pre_problem takes no context (task id {task.id!r})")

@@ -30,7 +30,7 @@ from typing import Any
 
 from arftlib.types import Task, allowed_actions
 
-__all__ = ["LABEL_FIX", "LABEL_SEEN", "TOOL_FOR_ACTION", "gold_tool_turns", "gold_turn", "gold_turns",
+__all__ = ["LABEL_FIX", "LABEL_SEEN", "LABEL_SHORT", "SHORT_THINK", "TOOL_FOR_ACTION", "short_think", "gold_tool_turns", "gold_turn", "gold_turns",
            "problem_labels", "tool_call_text"]
 
 # action kind → (the environment's tool method, its one argument)
@@ -59,6 +59,26 @@ LABEL_FIX = {
     "crop": "crop the box and enlarge it",
     "none": "leave it as it is",
 }
+
+
+# two-word observations and one-word intentions: the think texts of the micro world's gold chains
+# (`short_think`), where every token of a gold turn is a few-million-parameter policy's training cost
+LABEL_SHORT = {
+    "rotation90": "sideways", "rotation180": "upside down", "dark": "too dark", "overexposure": "washed out",
+    "blur": "blurry", "noise": "noisy", "crop": "small box", "none": "clear",
+}
+SHORT_THINK = {"code": "restore it", "search": "look it up", "answer": "read it"}
+
+
+def short_think(action: str, labels: Sequence[str] = ()) -> str:
+    """A short think text: what is wrong for a diagnosis, else the intention.
+
+    >>> short_think("problem", ["dark", "rotation90"]), short_think("answer")
+    ('too dark, sideways', 'read it')
+    """
+    if action == "problem":
+        return ", ".join(LABEL_SHORT.get(x, x) for x in labels) or "clear"
+    return SHORT_THINK[action]
 
 
 def _labels_of(payload: str) -> list[str]:

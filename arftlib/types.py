@@ -38,6 +38,7 @@ ERROR_CATEGORIES = (
     "search_error",  # the search backend failed
     "image_budget",  # code refused: the episode's tool-image budget is used up (not run)
     "invalid_action",  # the turn could not be acted on (malformed, or an action the task does not allow)
+    "tools_off",  # a tool call in a run whose tools are switched off (the no-tool baseline): not run
 )
 
 

@@ -42,7 +42,7 @@ def micro_setup(out_dir: str | os.PathLike, *, kind: str = "coding", profile: st
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    cfg = get_config(profile, **dict(config_overrides or {}))
+    cfg = get_config(profile, benchmark=f"micro-{kind}", **dict(config_overrides or {}))
     if seed is not None:
         cfg = cfg.replace(seed=int(seed))
     n = int(n_tasks or (cfg.n_coding_tasks if kind == "coding" else cfg.n_search_tasks))

@@ -217,9 +217,6 @@ def probe_coding(args) -> dict[str, Any]:
         qt, q, a = t.metadata["question_type"], t.question, t.answers[0]
         clean = load_rgb(t.clean_image)
         rows.append((qt, "clean", _pil(clean_view(t)), q, a))
-        box = t.metadata["box"]  # the same image asked in a TRAINING wording: wording vs. seeing
-        q_train = MC.TEMPLATES[qt]["train"][0].format(box=f"[{box[0]}, {box[1]}, {box[2]}, {box[3]}]" if box else "")
-        rows.append((qt, "clean, train wording", _pil(clean_view(t)), q_train, a))
         if qt == "zoom":
             for labels in (["crop"], ["crop", "dark"], ["crop", "noise"]):
                 params = {lab: MC.sample_params(lab, rng) for lab in labels}
@@ -244,19 +241,17 @@ def probe_coding(args) -> dict[str, Any]:
 
     model, processor = load_seeing(args.seed)
     n_params = sum(p.numel() for p in model.parameters())
-    clean_rows = [r for r in rows if r[1] == "clean"]
 
-    by_cell: dict[tuple[str, str], list] = {}
+    by_type: dict[str, list] = {}
     for r in rows:
-        if r[1] in ("clean", "clean, train wording"):
-            by_cell.setdefault((r[0], r[1]), []).append(r)
-    sub = [r for rs in by_cell.values() for r in rs[:32]]  # a fixed slice per type and wording for the curve
+        if r[1] == "clean":
+            by_type.setdefault(r[0], []).append(r)
+    sub = [r for rs in by_type.values() for r in rs[:48]]  # a fixed slice per question type for the curve
 
     def quick_eval() -> dict[str, float]:
         preds = answer(model, processor, [r[2] for r in sub], [r[3] for r in sub])
-        return {f"{'clean' if c == 'clean' else 'trainw'}_{qt}":
-                _em([p for p, r in zip(preds, sub) if r[:2] == (qt, c)], [r[4] for r in sub if r[:2] == (qt, c)])
-                for qt, c in by_cell}
+        return {f"clean_{qt}": _em([p for p, r in zip(preds, sub) if r[0] == qt], [r[4] for r in sub if r[0] == qt])
+                for qt in by_type}
 
     print(f"model: {n_params:,} parameters; {len(samples)} training samples; {len(rows)} held-out rows", flush=True)
     tr = train(model, processor, samples, args.minutes, args.seed, args.max_steps, args.log_every, quick_eval)

@@ -51,6 +51,12 @@ def test_oracle_on_fixture_writes_everything(fixture, tmp_path):
     assert len(list((out / "trajectories" / "images").iterdir())) == len(coding)
     assert (out / "direct" / "results.json").is_file()
     assert json.loads((out / "scores.json").read_text())["n"] == len(coding)
+    assert s["direct"]["form"] == "reference"  # the oracle has no trained form: the reference's direct prompt
+    # the agent's own form with its tools off: the oracle's gold answers still come, but after no evidence
+    off = run_eval("synth-coding", "fixture", "oracle", "tags", tmp_path / "off", tasks=coding, direct_baseline=True,
+                   direct_form="tools_off", n_boot=50, progress=False)
+    assert off["direct"]["form"] == "tools_off" and off["direct"]["rollout"]["code_runs"] == 0
+    assert off["direct"]["rollout"]["tool_errors"] == 0
 
 
 def test_group_table_by_hops_and_variants(fixture):

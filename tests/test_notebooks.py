@@ -47,24 +47,28 @@ def _check_03(m):
     assert 0.0 <= m["zero_variance_group_share_tiny_model"] <= 1.0
 
 
-def _check_05(m):
-    assert m["oracle_f1_synth_coding"] >= 99.0
-    assert m["oracle_f1_synth_search"] >= 99.0
-    assert m["published_files_rescored"] == 14
-    assert 0.0 <= m["model_f1_synth_coding"] <= 100.0
-
-
 def _check_04(m):
-    # a very short run: the learning direction itself is asserted by tests/test_train.py
-    for key in ("heldout_reward_before", "heldout_reward_after"):
-        assert 0.0 <= m[key] <= 3.0, m
-    assert isinstance(m["adapter_changed"], bool)
-    assert m["agentic_steps"] == 2 and m["agentic_trajectories"] > 0
-    assert "adapter_model.safetensors" in m["adapter_files"] and "adapter_config.json" in m["adapter_files"]
+    # a very short run (two agentic steps): the learning itself is measured by tests/test_micro_learning.py and
+    # `make reproduce`; here the notebook's wiring and its metrics contract
+    for key in ("warm_start_dir", "adapter_dir", "heldout_f1_before", "heldout_f1_after", "heldout_reward_before",
+                "heldout_reward_after", "adapter_changed"):
+        assert key in m, key
+    assert 0.0 <= m["heldout_f1_before"] <= 100.0 and 0.0 <= m["heldout_f1_after"] <= 100.0
+    assert m["adapter_changed"] is True and m["adapter_max_abs_diff"] > 0
+    assert m["agentic_steps"] == 2 and m["stepwise"]["steps"] == 1
+    assert m["kind"] == "coding" and m["benchmark"] == "micro-coding" and m["n_heldout"] == 6
+
+
+def _check_05(m):
+    assert m["oracle_f1_micro_coding"] >= 99.0 and m["oracle_f1_micro_search"] >= 99.0
+    assert m["published_files_rescored"] == 14
+    assert m["run_04"] is None and m["profile_model_f1"] is not None  # run alone: no 04 run of this profile
+    assert 0.0 <= m["profile_model_f1"] <= 100.0
 
 
 def _check_06(m):
-    assert m["profile"] == "tiny-cpu" and m["episodes_rendered"] == m["episodes"] == 6
+    assert m["profile"] == "tiny-cpu" and m["episodes_rendered"] == m["episodes"] == 4  # oracle: 2 runs × 2 tasks
+    assert m["paired_before_after"] is False
     assert m["images_rendered"] > 0 and m["missing_images"] == 0 and m["widget_images"] > 0
 
 
@@ -74,10 +78,10 @@ EXPECTATIONS = {
     "01_build_datasets": ({"N_CODING": 12, "N_SEARCH": 12, "SHOW_EXAMPLES": 4}, _check_01),
     "02_tools": ({"N_SEARCH_QUERIES": 3}, _check_02),
     "03_reward_design": ({"N_GROUP_TASKS": 2, "GROUP_SIZE": 2}, _check_03),
-    "04_grpo_training": ({"N_TASKS": 16, "SFT_STEPS": 4, "GRPO_STEPS": 3, "HELDOUT_ROWS": 4, "AGENTIC_STEPS": 2},
-                         _check_04),
-    "05_evaluation": ({"N_TASKS": 8, "N_BOOT": 200}, _check_05),
-    "06_trajectories": ({"N_TASKS": 2}, _check_06),
+    "04_grpo_training": ({"N_TASKS": 30, "HELDOUT": 6, "WARM_STEPS": 4, "AGENTIC_MINUTES": 0, "AGENTIC_STEPS": 2,
+                          "STEPWISE_MINUTES": 0, "STEPWISE_STEPS": 1}, _check_04),
+    "05_evaluation": ({"N_TASKS": 20, "N_ORACLE": 4, "N_BOOT": 200, "RUNS_DIR": "/nonexistent-runs"}, _check_05),
+    "06_trajectories": ({"N_TASKS": 2, "RUNS_DIR": "/nonexistent-runs"}, _check_06),
 }
 
 NOTEBOOKS = list_notebooks()

@@ -172,3 +172,27 @@ def test_parse_tool_call_never_raises_on_mangled_calls(parts):
     else:
         assert isinstance(call, ToolCall) and (call.error is not None or (call.name and isinstance(call.arguments,
                                                                                                    dict)))
+
+
+def test_tools_off_keeps_the_form_but_runs_nothing(tasks, tmp_path):
+    """The no-tool baseline of a policy trained in the tags tool form: the same turns, every code call answered
+    "tools are off" (typed `tools_off`, not evidence, nothing run), the answer still scored."""
+    from arftlib import prompts as P
+    from arftlib.env import make_env
+    from arftlib.rewards import agentic_rubric
+    from arftlib.turns import gold_turns
+
+    task = tasks[0]
+    env = make_env(protocol="chat", tool_calls="tags", work_dir=str(tmp_path), tools_off=True,
+                   rubric=agentic_rubric("coding"))
+    env.reset(task=task)
+    for turn in gold_turns(task):
+        env.step(turn)
+    traj = env.trajectory
+    assert [s.action.kind for s in traj.steps] == ["problem", "code", "answer"]
+    code_obs = traj.steps[1].observation
+    assert code_obs.error_category == "tools_off" and code_obs.text == P.TOOLS_OFF_TEXT and not code_obs.is_evidence
+    assert traj.metrics["tools_off_calls"] == 1 and traj.metrics.get("code_runs", 0) == 0
+    assert traj.metrics["f1"] == 1.0  # the answer is still read and scored …
+    assert traj.reward_components["answer_after_evidence"] == 0.0  # … but it came without evidence
+    env.close()

@@ -276,6 +276,9 @@ def _build_micro_coding(n: int, seed: int, out: Path, *, test_fraction: float, h
             "pairs": {"simple": [["+".join(a), list(b)] for a, b in MC.SIMPLE_PAIRS],
                       "hard": [["+".join(a), list(b)] for a, b in MC.HARD_PAIRS]},
             "templates": MC.TEMPLATES,
+            "leakage_note": "one wording per question type, shared by train and test on purpose (a tiny policy "
+                            "keys on surface words; see arftlib.data.micro_coding.TEMPLATES); entities (colour x "
+                            "shape combinations) are split-disjoint",
         },
         "verification": _coding_verification(results, verify),
         "params": {"test_fraction": test_fraction, "hard_fraction": hard_fraction},
@@ -487,8 +490,7 @@ def _build_micro_search(n: int, seed: int, out: Path, *, test_fraction: float, h
             rel = f"images/{tid}.png"
             save_png(item.image, out / rel)
             soc = item.society
-            steps = [{"action": "search", "content": h.query} for h in item.hops]
-            steps.append({"action": "answer", "content": item.answers[0]})
+            steps = MS.gold_chain(item)
             tasks.append(Task(
                 id=tid, question=item.question, images=[rel], answers=item.answers, kind="search",
                 split=spec["split"], benchmark=MS.BENCHMARK, gold_chain=steps,
@@ -527,6 +529,8 @@ def _build_micro_search(n: int, seed: int, out: Path, *, test_fraction: float, h
                                   "licence": LICENCES["fictional"]}},
         "world": {"categories": list(MS.CATEGORIES), "test_combos": [f"{c} {s}" for c, s in MS.MC.TEST_COMBOS],
                   "templates": MS.TEMPLATES, "query_template": "{color} {shape} {category}",
+                  "leakage_note": "one wording per question kind, shared by train and test on purpose (see "
+                                  "arftlib.data.micro_search.TEMPLATES); societies, towns and names are split-disjoint",
                   "second_hop_query_template": "{town} town"},
         "verification": {
             "method": f"every gold query run on the local BM25 backend; its needed passage must be in the top {MS.K} "

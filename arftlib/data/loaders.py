@@ -491,6 +491,18 @@ def load_built(out: str | Path) -> list[Task]:
 
 
 # ------------------------------------------------------------------------------------------ dispatch
+def built_benchmark(out: str | Path) -> str | None:
+    """The benchmark a build folder holds (`micro-coding`, `coding` …) from its data card; None when `out` is not a
+    build folder (a loader's file, a hub dataset)."""
+    card = Path(out) / "data_card.json"
+    if not card.is_file():
+        return None
+    try:
+        return json.loads(card.read_text(encoding="utf-8"))["benchmark"]
+    except (json.JSONDecodeError, KeyError) as e:
+        raise ValueError(f"{card}: unreadable data card (field 'benchmark': {e})") from None
+
+
 def _built(name: str) -> Callable[..., LoadedTasks]:
     def load(path: str | Path, **kw: Any) -> LoadedTasks:
         tasks = load_built(path)

@@ -27,12 +27,14 @@ are paired with (each one destroys or flips the answer of its question; `SIMPLE_
 
 `crop`: nothing is done to the pixels; the boxed shape is too small to tell apart at the policy's 112×112
 (a circle, a square, a triangle and a cross of `SMALL_R`·2 = 10 px at 224 become 5-pixel blobs), and the gold
-code crops the box (grid → pixels with `arftlib.types.grid_box_to_pixels`, as the reference) and enlarges it to
-`ZOOM_SIDE`×`ZOOM_SIDE`, where the shape is as large as in the `shape` questions.
+code crops the box and enlarges it to `ZOOM_SIDE`×`ZOOM_SIDE`, where the shape is as large as in the `shape`
+questions. The crop code names the box by the question's own four numbers and writes the 0–1000 → pixel rule out
+(`y1 * 224 // 1000`, the reference's `int(v / 1000 * size)` on integers), so a policy copies numbers instead of
+converting them in its head (a 5 M-parameter model cannot multiply; it can copy).
 
 Degradation strengths (`sample_params`, drawn from the task's seeded generator) are stronger than
 `synth-coding`'s, because a 112×112 policy input forgives mild ones: dark ×[0.08, 0.18]; overexposure toward
-white ×[0.1, 0.2]; noise: salt-and-pepper on [30, 50] % of the pixels; rotations as the paper. The gold code
+white ×[0.1, 0.2]; noise: salt-and-pepper on [30, 50] % of the pixels ([20, 35] % with a crop); rotations as the paper. The gold code
 (`restoration_code`) is 3–5 lines, the same template per label with only the numbers changing:
 
     import cv2
@@ -49,7 +51,8 @@ Train/test: the entities are (colour, shape) combinations. `TEST_COMBOS` holds o
 colour, every shape among them; every object drawn in a test image is a held-out combination and every
 object in a train image a training one, so each colour and shape occurs in train but test shows new
 combinations. The partition is fixed (independent of the build seed), so builds with different seeds share it.
-Question wordings are split-disjoint too (`TEMPLATES`), with the same content words in both splits.
+Question wordings are NOT split-disjoint (`TEMPLATES`: one per type; see the comment there for the measurement),
+so the card's leakage report shows shared templates and questions and zero shared entities.
 
 Left out: blur (a blur that a short unsharp mask can verifiably undo does not change what a 112×112 policy
 sees, and one strong enough to matter cannot be undone: see the probe; `sample_params` still knows it for
@@ -66,6 +69,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from arftlib.data import degrade as D
+from arftlib.turns import short_think
 from arftlib.types import Task, grid_box_to_pixels
 
 BENCHMARK = "micro-coding"
@@ -112,25 +116,19 @@ CHOICES: dict[str, list[str]] = {  # every answer a question type can have (chan
     "color": list(COLORS), "shape": list(SHAPES), "position": list(SIDES), "zoom": list(SHAPES),
 }
 # Question wordings per type and split (disjoint; checked below). `{side}` / `{box}` are filled in.
-# Wordings: three sentence frames, each holding the type's keyword ("color", "shape", "side"; zoom: "shape" and a
-# box) and no other type's. Train uses frames A ("What color is the figure?") and B ("Name the color of the
-# figure."), test frame C ("Which color does the figure have?"): in training a frame never tells the type, only
-# the keyword does, so an unseen frame still reads right. The object is "the figure" everywhere ("the shape" would
-# carry the shape questions' keyword into the others). A tiny model keys on surface words: the probe saw 0 % on
-# held-out questions whose wording shared another type's frame.
-TEMPLATES: dict[str, dict[str, list[str]]] = {
-    "color": {"train": ["What color is the figure?", "Name the color of the figure."],
-              "test": ["Which color does the figure have?"]},
-    "shape": {"train": ["What shape is the figure?", "Name the shape of the figure."],
-              "test": ["Which shape does the figure have?"]},
-    "position": {"train": ["What side is the figure on?", "Name the side of the figure."],
-                 "test": ["Which side is the figure on?"]},
-    "zoom": {"train": ["What shape is the figure within the {box} of the image?",
-                       "Name the shape of the figure within the {box} of the image."],
-             "test": ["Which shape does the figure within the {box} of the image have?"]},
+# One wording per type, the SAME in both splits (by design: the leakage report counts them as shared templates
+# and questions). A tiny model keys on surface words: in the probe, with split-disjoint wordings (train "What
+# color is the figure?" / "Name the color of the figure.", test "Which color does the figure have?") the model
+# answered 75 % of held-out colour questions in a training wording and 9 % in the test wording after 400 steps.
+# The micro world tests seeing, not paraphrase: the held-out split is new colour × shape combinations (and the
+# wordings carry no answer). Each wording holds its type's keyword and no other's; the object is "the figure"
+# ("the shape" would carry the shape questions' keyword into the others).
+TEMPLATES: dict[str, str] = {
+    "color": "What color is the figure?",
+    "shape": "What shape is the figure?",
+    "position": "What side is the figure on?",
+    "zoom": "What shape is the figure within the {box} of the image?",
 }
-for _qt, _by in TEMPLATES.items():
-    assert not set(_by["train"]) & set(_by["test"]), _qt
 assert set(TEMPLATES) == set(QUESTION_TYPES) == set(CHOICES)
 
 # (label(s), question types it is paired with). Simple items draw a pair in turn (balanced), then a question
@@ -263,14 +261,17 @@ def scene_zoom(rng: np.random.Generator, combos: Sequence[tuple[str, str]]) -> t
 
 
 # ------------------------------------------------------------------------------------- degrade and repair
-def sample_params(label: str, rng: np.random.Generator) -> dict[str, Any]:
-    """Strength of one label for the micro world (rounded so the gold code's numbers are short)."""
+def sample_params(label: str, rng: np.random.Generator, with_crop: bool = False) -> dict[str, Any]:
+    """Strength of one label for the micro world (rounded so the gold code's numbers are short). With a crop in the
+    same task, noise is lighter ([0.2, 0.35]): a 5×5 median cannot clean a 27-pixel box of heavier salt and pepper
+    well enough to pass the build's check (17.9 dB at 47 % was seen)."""
     if label == "dark":
         return {"mode": "linear", "a": round(float(rng.uniform(0.08, 0.18)), 3)}
     if label == "overexposure":
         return {"mode": "linear", "a": round(float(rng.uniform(0.1, 0.2)), 3)}
     if label == "noise":
-        return {"mode": "salt_pepper", "amount": round(float(rng.uniform(0.3, 0.5)), 3)}
+        lo, hi = (0.2, 0.35) if with_crop else (0.3, 0.5)
+        return {"mode": "salt_pepper", "amount": round(float(rng.uniform(lo, hi)), 3)}
     if label == "blur":
         return {"sigma": round(float(rng.uniform(1.0, 1.8)), 2)}
     if label == "rotation90":
@@ -298,8 +299,13 @@ def _code_line(label: str, p: dict[str, Any], box: Sequence[int] | None) -> str:
     if label == "crop":
         if box is None:
             raise ValueError("a crop label needs its 0-1000 box")
-        x0, y0, x1, y1 = grid_box_to_pixels(tuple(box), SIZE, SIZE)  # type: ignore[arg-type]
-        return f"img = cv2.resize(img[{y0}:{y1}, {x0}:{x1}], ({ZOOM_SIDE}, {ZOOM_SIDE}))"
+        # the box's own numbers, copied from the question, and the grid → pixel rule written out
+        # (`v * SIZE // 1000`, = `types.grid_box_to_pixels` on integers): a policy copies four numbers instead of
+        # doing arithmetic in its head; the build checks the crop against grid_box_to_pixels' crop
+        x1, y1, x2, y2 = (int(v) for v in box)
+        return (f"x1, y1, x2, y2 = {x1}, {y1}, {x2}, {y2}\n"
+                f"img = cv2.resize(img[y1 * {SIZE} // 1000:y2 * {SIZE} // 1000, x1 * {SIZE} // 1000:x2 * {SIZE} // 1000], "
+                f"({ZOOM_SIDE}, {ZOOM_SIDE}))")
     raise ValueError(f"no repair for label {label!r}")
 
 
@@ -364,10 +370,9 @@ def plan(n: int, seed: int, test_fraction: float = 0.2, hard_fraction: float = 0
     return out
 
 
-def _ask(qtype: str, split: str, rng: np.random.Generator, **fmt: Any) -> tuple[str, str, str]:
-    options = TEMPLATES[qtype][split]
-    i = int(rng.integers(len(options)))
-    return options[i].format(**fmt), f"micro.{qtype}.{split}{i}", options[i]
+def _ask(qtype: str, **fmt: Any) -> tuple[str, str, str]:
+    """(question, template id, template) of a question type."""
+    return TEMPLATES[qtype].format(**fmt), f"micro.{qtype}", TEMPLATES[qtype]
 
 
 def make_item(spec: dict[str, Any], seed: int) -> MicroItem:
@@ -394,15 +399,15 @@ def make_item(spec: dict[str, Any], seed: int) -> MicroItem:
         raise ValueError(f"unknown question type {qtype!r}; use one of {QUESTION_TYPES}")
     if ("crop" in labels) != (qtype == "zoom"):
         raise ValueError(f"task {i}: crop goes with zoom questions only (labels {labels}, type {qtype})")
-    question, template_id, template = _ask(qtype, split, rng, **fmt)
+    question, template_id, template = _ask(qtype, **fmt)
     clean = render(objs)
-    params = {lab: sample_params(lab, rng) for lab in labels}
+    params = {lab: sample_params(lab, rng, with_crop="crop" in labels) for lab in labels}
     degraded = degrade(clean, labels, params, rng)
     code = restoration_code(labels, params, box)
-    chain = [{"action": "problem", "content": D.problem_text(labels)}]
+    chain = [{"action": "problem", "content": D.problem_text(labels), "think": short_think("problem", labels)}]
     if code:
-        chain.append({"action": "code", "content": code})
-    chain.append({"action": "answer", "content": answer})
+        chain.append({"action": "code", "content": code, "think": short_think("code")})
+    chain.append({"action": "answer", "content": answer, "think": short_think("answer")})
     # what a policy that answers from the degraded image as if it were clean would say (position questions
     # flip deterministically; for the others the answer is destroyed, not flipped)
     naive = rotate_side(answer, labels, params) if qtype == "position" else None
@@ -438,18 +443,16 @@ def tokenizer_corpus() -> list[str]:
     lines: list[str] = []
     for spec in plan(2 * (len(SIMPLE_PAIRS) + len(HARD_PAIRS)), seed=0, hard_fraction=0.5):
         lines += gold_turns(make_item(spec, seed=0).task)
-    for qt, by in TEMPLATES.items():
-        for split in ("train", "test"):
-            for t in by[split]:
-                for _ in range(3):
-                    box = _grid_box(rng)
-                    lines.append(t.format(side=_pick(rng, SIDES), box=f"[{box[0]}, {box[1]}, {box[2]}, {box[3]}]"))
+    for t in TEMPLATES.values():
+        for _ in range(3):
+            box = _grid_box(rng)
+            lines.append(t.format(box=f"[{box[0]}, {box[1]}, {box[2]}, {box[3]}]"))
     for ans in list(COLORS) + list(SHAPES) + list(SIDES):
         lines += [f"<answer>{ans}</answer>", f"<think>The {ans} shape.</think>"]
     for labels, _ in SIMPLE_PAIRS + HARD_PAIRS:
         lines.append(f"<problem>{D.problem_text(labels)}</problem>")
         for _ in range(4):
-            params = {lab: sample_params(lab, rng) for lab in labels}
+            params = {lab: sample_params(lab, rng, with_crop="crop" in labels) for lab in labels}
             box = _grid_box(rng) if "crop" in labels else None
             code = restoration_code(labels, params, box)
             if code:

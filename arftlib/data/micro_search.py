@@ -22,10 +22,11 @@ word, so F1 = EM and no answer can be guessed from the image, the question or an
 
 Train/test: test societies are exactly the (colour, shape) combinations that `micro_coding.TEST_COMBOS` holds
 out (each colour and shape occurs in train, in other combinations), with test-only towns and names; question
-wordings are split-disjoint (`TEMPLATES`). The build (`arftlib.data.build`) runs every gold query on the local
-BM25 backend and requires its passage in the top `K` (a failure is a `BuildError`: the world is regular, so a
-miss is a bug, not bad luck), and checks that no answer is visible in its question and no test answer is a
-train answer.
+wordings are shared by the splits (`TEMPLATES`, one per kind: see the comment there), so the leakage report
+shows shared templates and questions, and zero shared entities. The build (`arftlib.data.build`) runs every gold
+query on the local BM25 backend and requires its passage in the top `K` (a failure is a `BuildError`: the world
+is regular, so a miss is a bug, not bad luck), and checks that no answer is visible in its question and no test
+answer is a train answer.
 
 Left out: emblems with text, more than two hops, questions whose answer is not a single word, distractor
 passages from outside the world, entities that share an emblem.
@@ -49,18 +50,15 @@ TOWNS_PER_SOCIETY = 0.5  # towns per society in a split (several societies share
 QUESTION_KINDS = {  # kind → hops; 1-hop kinds are "simple", 2-hop kinds "hard"
     "founded": 1, "leader": 1, "ruler": 2, "river": 2,
 }
-TEMPLATES: dict[str, dict[str, list[str]]] = {
-    "founded": {"train": ["In which town was the {category} with this emblem founded?"],
-                "test": ["Where was the {category} with this emblem founded?"]},
-    "leader": {"train": ["Who leads the {category} with this emblem?"],
-               "test": ["Who is the leader of the {category} with this emblem?"]},
-    "ruler": {"train": ["Who rules the town where the {category} with this emblem was founded?"],
-              "test": ["Who is the ruler of the town where the {category} with this emblem was founded?"]},
-    "river": {"train": ["On which river lies the town where the {category} with this emblem was founded?"],
-              "test": ["Which river flows through the town where the {category} with this emblem was founded?"]},
+# One wording per question kind, the SAME in both splits (as in micro-coding, where a tiny model answered 75 % of
+# held-out questions in a training wording and 9 % in an unseen one): the held-out split is new societies, towns
+# and names, not new phrasing. Each wording names the society's kind ({category}) and the relation's keyword.
+TEMPLATES: dict[str, str] = {
+    "founded": "In which town was the {category} with this emblem founded?",
+    "leader": "Who leads the {category} with this emblem?",
+    "ruler": "Who rules the town where the {category} with this emblem was founded?",
+    "river": "On which river lies the town where the {category} with this emblem was founded?",
 }
-for _k, _by in TEMPLATES.items():
-    assert not set(_by["train"]) & set(_by["test"]), _k
 assert set(TEMPLATES) == set(QUESTION_KINDS)
 
 # Syllables of generated names (pronounceable, 2 syllables + optional ending: "Brask", "Tolme", "Vireth").
@@ -203,9 +201,7 @@ def make_item(world: World, spec: dict[str, Any], seed: int, order: dict[str, li
     ids = order[split]
     soc = world.societies[ids[spec["rank"] % len(ids)]]
     town = world.towns[soc.town]
-    options = TEMPLATES[kind][split]
-    k = int(rng.integers(len(options)))
-    question = options[k].format(category=soc.category)
+    question = TEMPLATES[kind].format(category=soc.category)
     hops = [Hop(query_for(soc), soc.id)]
     if kind == "founded":
         answer = town.name
@@ -216,7 +212,7 @@ def make_item(world: World, spec: dict[str, Any], seed: int, order: dict[str, li
         answer = town.ruler if kind == "ruler" else town.river
     objects = MC.scene_single(rng, (soc.color, soc.shape))
     entities = [soc.name, town.name, answer]
-    return MicroSearchItem(question, [answer], hops, soc, kind, f"micro-search.{kind}.{split}{k}", options[k],
+    return MicroSearchItem(question, [answer], hops, soc, kind, f"micro-search.{kind}", TEMPLATES[kind],
                            MC.render(objects), objects, sorted(set(entities)))
 
 
@@ -250,6 +246,14 @@ def verify_retrieval(item: MicroSearchItem, search: Any, k: int = K) -> tuple[bo
     return ok, out
 
 
+def gold_chain(item: "MicroSearchItem") -> list[dict[str, str]]:
+    """The gold chain: one search per hop with its gold query, then the answer (short think texts)."""
+    from arftlib.turns import short_think
+
+    steps = [{"action": "search", "content": h.query, "think": short_think("search")} for h in item.hops]
+    return steps + [{"action": "answer", "content": item.answers[0], "think": short_think("answer")}]
+
+
 def tokenizer_corpus() -> list[str]:
     """Text of this world for a tokenizer (fixed seed): questions, queries, passages, observations, answers."""
     from arftlib.turns import gold_turns
@@ -260,13 +264,11 @@ def tokenizer_corpus() -> list[str]:
     order = visit_order(w, 0)
     for spec in plan(16, seed=0, hard_fraction=0.5):  # gold turns as the workbench writes them
         it = make_item(w, spec, 0, order)
-        chain = [{"action": "search", "content": h.query} for h in it.hops] + [{"action": "answer", "content": it.answers[0]}]
+        chain = gold_chain(it)
         lines += gold_turns(Task(id=str(spec["index"]), question=it.question, images=[], answers=it.answers,
                                  kind="search", gold_chain=chain))
-    for kind, by in TEMPLATES.items():
-        for split in SPLITS:
-            for t in by[split]:
-                lines += [t.format(category=c) for c in CATEGORIES]
+    for t in TEMPLATES.values():
+        lines += [t.format(category=c) for c in CATEGORIES]
     for s in list(w.societies.values())[:: max(1, len(w.societies) // 24)]:
         t = w.towns[s.town]
         lines += [f"<search>{query_for(s)}</search>", f"<search>{town_query(t)}</search>",

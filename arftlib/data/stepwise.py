@@ -305,7 +305,7 @@ def expand_stepwise(task: Task, *, search: Any = None, k: int = 4, search_with_t
         }
         rows.append({c: row[c] for c in STEPWISE_COLUMNS})
         if action == "problem":
-            context.append((turn, P.tips_text(reference_problems(turn))))
+            context.append((turn, P.tips_text(reference_problems(turn), style)))
         elif action == "code":
             context.append((turn, ""))
             cur_path, cur_box = _code_output(task, i, step)

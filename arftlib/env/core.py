@@ -194,12 +194,15 @@ class AgentEnv:
         rubric: a `rewards.Rubric`; when given, every finished episode is scored (`rubric.score_episode`).
         parse_policy: "reference" (default) or "strict" (see parse.py).
         observation_role: "user" (default) or "tool" for chat observations.
-        prompt_style: the system prompt's style ("reference" | "compact", see prompts.py).
+        prompt_style: the prompts' style ("reference" | "compact" | "minimal", see prompts.py).
         reference_crop: apply the reference's crop-box substitution (default: the protocol's — on in tags).
         work_dir: parent folder of the per-episode folders (default: system temp dir).
         keep_files: keep episode folders after reset/close.
         code_runner: replacement for `tools.sandbox.run_image_code` (same signature); for tests and tooling.
         tool_calls: (chat only) turns are TRL-style tool calls, observations `tool` turns (env/toolcalls.py).
+        tools_off: the no-tool baseline of a policy trained in a tool form: every code / search call is answered
+            "tools are off" (`error_category="tools_off"`, nothing runs), so the policy keeps its own format but
+            never sees a tool's evidence.
     """
 
     def __init__(
@@ -224,6 +227,7 @@ class AgentEnv:
         keep_files: bool = False,
         code_runner: Any = None,
         tool_calls: bool | str = False,
+        tools_off: bool = False,
     ):
         def pick(value: Any, name: str) -> Any:
             return _run_config_default(name) if value is None else value
@@ -266,6 +270,7 @@ class AgentEnv:
         self.work_dir = Path(work_dir) if work_dir is not None else None
         self.keep_files = bool(keep_files)
         self._code_runner = code_runner
+        self.tools_off = bool(tools_off)
         # episode state
         self.task: Task | None = None
         self._trajectory: Trajectory | None = None
@@ -504,7 +509,11 @@ class AgentEnv:
             # the reference's own extraction (unknown labels kept) decides the tips, as in its evaluation
             labels = reference_problems(model_text) or sorted(parse_diagnosis(action.content))
             self._diagnosis = labels
-            obs = shown = Observation(kind="text", text=P.tips_text(labels), tool="problem")
+            obs = shown = Observation(kind="text", text=P.tips_text(labels, self.prompt_style), tool="problem")
+        elif action.kind in ("search", "code") and self.tools_off:
+            m["tools_off_calls"] = m.get("tools_off_calls", 0) + 1
+            obs = shown = Observation(kind="text", text=P.TOOLS_OFF_TEXT, tool=action.kind,
+                                      error_category="tools_off")
         elif action.kind == "search":
             obs = shown = self._run_search(action.content, turn)
         elif action.kind == "code":

@@ -42,7 +42,10 @@ def run_from_args(args) -> dict[str, Any]:
     history) and returns it."""
     from arftlib.config import get_config, parse_set_overrides
 
-    cfg = get_config(args.profile, **parse_set_overrides(args.set))
+    from arftlib.data.loaders import built_benchmark
+
+    benchmark = built_benchmark(args.data) if args.data else None  # a micro build trains with the micro settings
+    cfg = get_config(args.profile, benchmark=benchmark, **parse_set_overrides(args.set))
     out = args.out or str(REPO_ROOT / "runs" / cfg.profile / f"train-{args.mode}")
     summary = train(cfg, args.mode, data=args.data, model=args.model, resume=args.resume, out_dir=out,
                     kind=args.kind, reward=args.reward, adapter=args.adapter, max_steps=args.max_steps)

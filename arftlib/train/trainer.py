@@ -56,6 +56,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from arftlib.models import TRAINED_FORM_FILE, trained_form
 from arftlib.train.args import check_vllm, cuda, grpo_config, torch_dtype
 from arftlib.train.datasets import make_dataset
 from arftlib.train.trajlog import TrajectoryLog, truncate_trajectories
@@ -617,6 +618,8 @@ def train(cfg: "RunConfig", mode: str = "stepwise", data: str | os.PathLike | No
         trainer.save_model(str(final_dir))
         if trainer.accelerator.is_main_process:
             bundle.processor.save_pretrained(str(final_dir))
+            # the form the episodes were trained in: evaluation reads it to warn when it is asked for another
+            write_json(final_dir / TRAINED_FORM_FILE, trained_form(cfg, mode))
     times = bundle.timer.times
     steady = times[1:] if len(times) > 2 else times
     hist = [h for h in trainer.state.log_history if "reward" in h]

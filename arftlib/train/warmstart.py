@@ -45,7 +45,9 @@ class WarmStartRecipe:
     learning_rate: float = 1e-3  # AdamW, constant (a policy trained from scratch wants large steps)
     batch_size: int = 32  # rows per step
     tool_episode_fraction: float = 0.25  # share of tasks whose tool steps (diagnosis, code, search) are shown
-    answer_steps: bool = True  # keep every task's answer step (reading the evidence)
+    answer_steps: bool = True  # keep every task's answer step (reading the evidence); False = only the shown episodes
+    clean_answers: bool = False  # add, per task with a clean image (not a zoom task), the question on the CLEAN
+    # image answered at once: teaches the policy to see (short rows, cheap) without showing it tool use
     full: bool = True  # full fine-tuning (a random tiny model cannot learn through LoRA alone); False = LoRA
     seed: int = 0  # which tasks show their tool steps, and the SFT data order
 
@@ -72,6 +74,17 @@ def warm_start_key(cfg: "RunConfig", tasks: Sequence["Task"], recipe: WarmStartR
     blob = json.dumps({"recipe": dataclasses.asdict(recipe), "fields": fields, "tasks": _task_digest(tasks),
                        "model": weights_digest(model_path), "version": 1}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:20]
+
+
+def clean_answer_task(task: "Task") -> "Task | None":
+    """`task` asked on its clean image and answered at once (one gold step, no tool): a warm-start row that
+    teaches seeing. None when the task has no clean image or needs a crop (its clean image is the whole scene,
+    where the boxed detail is too small to see)."""
+    if not task.clean_image or "crop" in task.degradations:
+        return None
+    meta = {**task.metadata, "needs_tool": False, "params": {}}
+    return dataclasses.replace(task, id=f"{task.id}~clean", images=[task.clean_image], degradations=[],
+                               gold_chain=[{"action": "answer", "content": task.answers[0]}], metadata=meta)
 
 
 def _select(ds: Any, recipe: WarmStartRecipe) -> Any:
@@ -107,6 +120,14 @@ def warm_start(cfg: "RunConfig", tasks: Sequence["Task"], recipe: WarmStartRecip
         return {**info, "reused": True}
     t0 = time.perf_counter()
     rows = _select(make_dataset(list(tasks), cfg, "stepwise", seed=recipe.seed), recipe)
+    if recipe.clean_answers:
+        from datasets import concatenate_datasets
+
+        clean = [c for c in (clean_answer_task(t) for t in tasks) if c is not None]
+        if clean:
+            extra = make_dataset(clean, cfg, "stepwise", seed=recipe.seed)
+            extra = extra.map(lambda r: {"gold_action": "answer_clean"})
+            rows = concatenate_datasets([rows, extra.cast(rows.features)]).shuffle(seed=recipe.seed)
     counts: dict[str, int] = {}
     for a in rows["gold_action"]:
         counts[a] = counts.get(a, 0) + 1
@@ -126,5 +147,9 @@ def warm_start(cfg: "RunConfig", tasks: Sequence["Task"], recipe: WarmStartRecip
             "steps": result["steps"], "seconds": round(time.perf_counter() - t0, 1), "sft_seconds": result["seconds"],
             "loss": result["loss"], "loss_curve": result["loss_curve"], "full": recipe.full,
             "what": "supervised fine-tuning on gold steps (cold start); numbers measured after it are its own"}
+    from arftlib.models import TRAINED_FORM_FILE, trained_form
+    from arftlib.train.trainer import write_json
+
+    write_json(final / TRAINED_FORM_FILE, trained_form(cfg, "sft"))
     marker.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     return {**info, "reused": False}

@@ -25,14 +25,15 @@
 PROFILE = "auto"  # run profile: model, LoRA/QLoRA, GRPO settings and the collapse knobs come from it
 OUT_DIR = "../runs/manual/04_grpo_training"  # every file this notebook writes goes here
 KIND = "coding"  # micro world to train on: coding (restore / crop the image) or search (look the emblem up)
-N_TASKS = 0  # tasks in the micro build (80 % train, 20 % held out); 0 = the profile's
+N_TASKS = 0  # tasks in the micro build (80 % train, 20 % held out); 0: the profile's
 HELDOUT = 60  # held-out tasks evaluated before and after
 WARM_STEPS = 300  # supervised warm-start steps (cached: a second run with the same settings reuses them)
 TOOL_EPISODES = 0.25  # share of training tasks whose whole gold episode the warm start shows
 AGENTIC_MINUTES = 8.0  # wall clock of agentic GRPO
-AGENTIC_STEPS = 0  # or a fixed number of agentic steps (0 = by wall clock)
+AGENTIC_STEPS = 0  # or a fixed number of agentic steps (0: by wall clock)
 STEPWISE_MINUTES = 2.0  # wall clock of the paper's step-wise GRPO from the same warm start (0 skips it)
-COMPARISON_DIR = ""  # a `python -m arftlib compare` output folder to show; empty = look under the runs folder
+STEPWISE_STEPS = 0  # or a fixed number of step-wise steps (0: by wall clock; both 0 skips it)
+COMPARISON_DIR = ""  # a `python -m arftlib compare` output folder to show; empty: look under the runs folder
 RUN_COMPARISON = False  # run the full comparison here (each method for AGENTIC_MINUTES; long)
 SEED = 0  # seed for data, sampling and training
 
@@ -54,7 +55,7 @@ from experiments.micro_learning import compare_methods, evaluate_policy, micro_s
 
 out_dir = Path(OUT_DIR)
 out_dir.mkdir(parents=True, exist_ok=True)
-cfg = get_config(PROFILE, seed=SEED)
+cfg = get_config(PROFILE, benchmark=f"micro-{KIND}", seed=SEED)  # the profile with its micro-world settings
 pd.set_option("display.max_colwidth", 110)
 display(pd.DataFrame(describe(cfg), columns=["knob", "value", "meaning"]).set_index("knob"))
 rss_before = current_rss_mb()
@@ -173,14 +174,15 @@ print(f"adapter changed: {adapter_changed} (max |ΔW| {adapter_diff:.2e})")
 
 # %%
 stepwise = None
-if STEPWISE_MINUTES:
-    sw = train(cfg, "stepwise", model=ws["model"], out_dir=out_dir / "stepwise", kind=KIND, max_steps=100_000,
-               tasks=(train_tasks, heldout_tasks), callbacks=[wall_clock_stop(STEPWISE_MINUTES)])
+if STEPWISE_MINUTES or STEPWISE_STEPS:
+    sw = train(cfg, "stepwise", model=ws["model"], out_dir=out_dir / "stepwise", kind=KIND,
+               max_steps=STEPWISE_STEPS or 100_000, tasks=(train_tasks, heldout_tasks),
+               callbacks=[wall_clock_stop(STEPWISE_MINUTES)] if STEPWISE_MINUTES else [])
     sw_after = evaluate_policy(cfg, ws["model"], sw["final_dir"], heldout_tasks, out_dir / "eval_after_stepwise",
                                kind=KIND)
     stepwise = {"steps": sw["steps"], "f1_after": sw_after["f1"], "f1_ci": sw_after["f1_ci"],
                 "reward_after": sw_after["reward"]}
-    print(f"step-wise GRPO ({sw['steps']} steps, {STEPWISE_MINUTES} min): held-out F1 {before['f1']:.1f} → "
+    print(f"step-wise GRPO ({sw['steps']} steps): held-out F1 {before['f1']:.1f} → "
           f"{sw_after['f1']:.1f} {sw_after['f1_ci']}")
 comparison = None
 comp_dir = Path(COMPARISON_DIR) if COMPARISON_DIR else out_dir / "comparison"

@@ -6,7 +6,8 @@
 # 2. **Warm start vs trained adapter** — the two models notebook 04 wrote (default: the newest 04 run of this
 #    profile) on **this notebook's own build**, made with another seed: new images, and the test split's
 #    colour/shape combinations and question wordings, which training never saw. Each is run with live tools
-#    (the form it was trained in) and as a direct answer without tools (one turn), greedy, same seed;
+#    (the form it was trained in) and with its tools switched off (same form; every tool call is answered "tools
+#    are off", so it answers from the image as it is), greedy, same seed;
 #    F1 with bootstrap 95 % CIs, by degradation type, and tool calls per episode.
 # 3. **The reference's published predictions** (shipped in `arftlib/resources/reference_predictions/`) re-scored
 #    in both scoring variants.
@@ -14,19 +15,21 @@
 #    real model and adapter the same way (`BENCHMARK` and `DATA` choose the benchmark).
 #
 # The same comparison from a shell: `python -m arftlib eval --benchmark micro-coding --data DIR --model WARM_START
-# --adapter ADAPTER --protocol chat --tool-calls tags --direct-baseline --out OUT`.
+# --adapter ADAPTER --direct-baseline --out OUT` (a model or adapter the workbench trained is evaluated in the form
+# it was trained in: the chat protocol with the paper's tag actions as tool calls, `--protocol chat --tool-calls
+# tags`).
 
 # %% tags=["parameters"]
 PROFILE = "auto"  # run profile
 OUT_DIR = "../runs/manual/05_evaluation"  # every file this notebook writes goes here
-RUN_04 = ""  # notebook 04 output folder whose warm start and adapter to evaluate; empty = the newest 04 run of the profile
+RUN_04 = ""  # notebook 04 output folder whose warm start and adapter to evaluate; empty: the newest 04 run of the profile
 RUNS_DIR = "../runs"  # where an empty RUN_04 looks for notebook 04 runs
-KIND = ""  # micro world: coding or search; empty = the one notebook 04 trained on (coding without a 04 run)
+KIND = ""  # micro world: coding or search; empty: the one notebook 04 trained on (coding without a 04 run)
 N_TASKS = 300  # tasks in this notebook's own build (its 20 % test split is evaluated)
 SEED = 1  # seed of this notebook's build: differs from notebook 04's (0) so images and tasks are new
 N_ORACLE = 24  # tasks per micro benchmark replayed by the oracle
-MODEL = ""  # evaluate this model instead of 04's warm start (hub id or local path); empty = 04's warm start
-ADAPTER = ""  # evaluate this LoRA adapter instead of 04's; empty = 04's adapter
+MODEL = ""  # evaluate this model instead of 04's warm start (hub id or local path); empty: 04's warm start
+ADAPTER = ""  # evaluate this LoRA adapter instead of 04's; empty: 04's adapter
 N_BOOT = 1000  # bootstrap resamples for the confidence intervals
 
 # %%
@@ -48,11 +51,11 @@ from experiments.micro_learning import evaluate_policy
 
 out_dir = Path(OUT_DIR)
 out_dir.mkdir(parents=True, exist_ok=True)
-cfg = get_config(PROFILE, seed=SEED)
 t_notebook = time.time()
-run_04 = find_run("04_grpo_training", out_dir, RUNS_DIR, cfg.profile, RUN_04)
+run_04 = find_run("04_grpo_training", out_dir, RUNS_DIR, get_config(PROFILE).profile, RUN_04)
 m04 = json.loads((run_04 / "metrics.json").read_text()) if run_04 else {}
 kind = KIND or m04.get("kind", "coding")
+cfg = get_config(PROFILE, benchmark=f"micro-{kind}", seed=SEED)  # the settings 04 trained with (micro world)
 warm_start_dir = MODEL or m04.get("warm_start_dir")
 warm_start_adapter = None if MODEL else m04.get("warm_start_adapter")  # set when the warm start was LoRA
 adapter_dir = ADAPTER or m04.get("adapter_dir")

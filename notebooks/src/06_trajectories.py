@@ -17,7 +17,7 @@
 #
 # Which trajectories: `SOURCE` (a training run directory, an evaluation output or a trajectory folder), else
 # **notebook 04's held-out episodes before and after training** (the sibling `04_grpo_training` run of `make
-# reproduce`, or `RUN_04`) — the same tasks side by side, warm start vs trained adapter — else the newest trajectory
+# reproduce`, else the newest 04 run of the profile under `RUNS_DIR`, or `RUN_04`) — the same tasks side by side, warm start vs trained adapter — else the newest trajectory
 # folder under `RUNS_DIR`. In the `tiny-cpu` profile with none of these, the notebook makes its own: a small
 # procedural build evaluated by the gold-chain oracle (coding and search).
 #
@@ -27,8 +27,8 @@
 PROFILE = "auto"  # run profile: auto | tiny-cpu | qwen2.5-vl-3b-qlora-24gb | qwen2.5-vl-7b-lora-80gb | paper-8gpu
 OUT_DIR = "../runs/manual/06_trajectories"  # every file this notebook writes goes here
 SOURCE = ""  # run dir, evaluation output or trajectory folder to open; empty: notebook 04's before/after episodes
-RUN_04 = ""  # notebook 04 output folder whose held-out episodes to compare; empty = the sibling 04_grpo_training
-RUNS_DIR = "../runs"  # where an empty SOURCE looks for the newest run or evaluation output (not in tiny-cpu)
+RUN_04 = ""  # notebook 04 output folder whose held-out episodes to compare; empty: the newest 04 run of the profile
+RUNS_DIR = "../runs"  # where notebook 04 runs (and, outside tiny-cpu, the newest trajectories) are looked for
 N_TASKS = 4  # tiny-cpu without a 04 run: procedural tasks per benchmark for the oracle evaluations
 SIDE_BY_SIDE = 4  # held-out tasks shown before | after next to each other
 SEED = 0  # tiny-cpu: seed of the procedural builds
@@ -45,6 +45,7 @@ from IPython.display import display
 
 from arftlib import viz
 from arftlib.config import get_config
+from arftlib.notebooks import find_run
 
 out_dir = Path(OUT_DIR).resolve()
 out_dir.mkdir(parents=True, exist_ok=True)
@@ -61,8 +62,8 @@ print(f"profile={cfg.profile}  OUT_DIR={out_dir}")
 
 # %%
 sources: dict[str, Path] = {}
-run_04 = Path(RUN_04) if RUN_04 else out_dir.parent / "04_grpo_training"
-paired = not SOURCE and (run_04 / "eval_before" / "trajectories").is_dir() and (
+run_04 = None if SOURCE else find_run("04_grpo_training", out_dir, RUNS_DIR, cfg.profile, RUN_04)
+paired = run_04 is not None and (run_04 / "eval_before" / "trajectories").is_dir() and (
     run_04 / "eval_after" / "trajectories").is_dir()
 if SOURCE:
     sources[Path(SOURCE).name] = viz.resolve_store(SOURCE)
