@@ -137,7 +137,8 @@ def micro_learning(out_dir: str | os.PathLike = "runs/tiny-cpu/micro-learning", 
         trained_model, trained_adapter = run_res["model"], run_res["adapter"]
         run = {"steps": run_res["steps"], "s_per_step": run_res["sft_seconds"] / max(1, run_res["steps"]),
                "log_history": [], "final_dir": run_res["model"]}
-        changed, diff = True, None
+        diff = _weights_diff(ws["model"], trained_model)
+        changed = bool(diff > 0)
     else:
         run = train(cfg, method, model=ws["model"], out_dir=out / method, max_steps=max_steps, kind=kind,
                     tasks=(train_tasks, test_tasks), callbacks=callbacks)

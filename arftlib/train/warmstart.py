@@ -4,9 +4,10 @@ Agentic RL of a policy that never acts well gets no signal (DeepEyesV2: "RL alon
 the field's remedy is a short supervised stage on gold behaviour first. `warm_start(cfg, tasks, recipe)` builds
 its supervised data from the training tasks' gold chains — as the step-wise rows of the run's format
 (`train.datasets.make_dataset(..., "stepwise")`: each gold turn with the conversation before it, tools replayed) —
-chooses which steps to keep (`WarmStartRecipe`: every answer step, so the policy learns to read the restored or
-searched evidence; the tool steps of only `tool_episode_fraction` of the tasks, so tool use is shown but not
-mastered), fine-tunes (`train.sft.sft_warm_start`), and caches the result under
+chooses which steps to keep (`WarmStartRecipe`: the whole gold episode of only `tool_episode_fraction` of the
+tasks, so tool use is shown but not mastered; optionally every other task's answer step too), adds clean-image
+direct answers (`clean_answers`: each question on its clean image, answered at once — the policy learns to see
+from short rows), fine-tunes (`train.sft.sft_warm_start`), and caches the result under
 `cache_dir("warm-starts", <key>)`, the key hashing the recipe, the model, the config fields that shape the data
 and the tasks. A second call with the same inputs returns the cached model at once (`reused: True`), which is
 how `make reproduce`, the notebooks and the tests share one warm start.
@@ -41,12 +42,14 @@ MARKER = "warm_start.json"  # written last: its presence means the warm start co
 
 @dataclasses.dataclass(frozen=True)
 class WarmStartRecipe:
-    steps: int = 300  # optimizer steps of supervised fine-tuning
+    steps: int = 150  # optimizer steps of supervised fine-tuning (~7 min for the micro world on 2 cores)
     learning_rate: float = 1e-3  # AdamW, constant (a policy trained from scratch wants large steps)
     batch_size: int = 32  # rows per step
-    tool_episode_fraction: float = 0.25  # share of tasks whose tool steps (diagnosis, code, search) are shown
-    answer_steps: bool = True  # keep every task's answer step (reading the evidence); False = only the shown episodes
-    clean_answers: bool = False  # add, per task with a clean image (not a zoom task), the question on the CLEAN
+    tool_episode_fraction: float = 0.15  # share of tasks whose tool steps (diagnosis, code, search) and answer
+    # after them are shown: tool use is shown, not mastered, so RL has something to improve
+    answer_steps: bool = False  # True: also every OTHER task's answer step after its gold tools (long rows; a
+    # 250-step warm start with them was measured worse, see the README's learning table)
+    clean_answers: bool = True  # add, per task with a clean image (not a zoom task), the question on the CLEAN
     # image answered at once: teaches the policy to see (short rows, cheap) without showing it tool use
     full: bool = True  # full fine-tuning (a random tiny model cannot learn through LoRA alone); False = LoRA
     seed: int = 0  # which tasks show their tool steps, and the SFT data order

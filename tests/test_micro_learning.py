@@ -1,0 +1,67 @@
+"""experiments/micro_learning.py — the micro world's learning pipeline, on a tiny budget.
+
+What this checks: warm start (cached by recipe) → held-out evaluation with live tools and with tools switched off →
+each training method (agentic GRPO, step-wise GRPO, more SFT) from the SAME warm start → the same held-out
+episodes again; the comparison table. It does not claim learning: a few steps cannot show it. The learning itself
+is measured by `make reproduce` (notebook 04's metrics.json: held-out F1 before/after; README "Learning on CPU"),
+and CI's direction check is `tests/test_train.py::test_learning_short_direction` (step-wise, a margin asserted).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def tiny_budget():
+    from arftlib.train.warmstart import WarmStartRecipe
+
+    return dict(n_tasks=30, heldout_tasks=4, steps=1, n_boot=50, recipe=WarmStartRecipe(steps=3),
+                config_overrides={"per_device_train_batch_size": 8, "num_generations": 4, "torch_threads": 1})
+
+
+def test_compare_runs_every_method_from_one_warm_start(tmp_path, tiny_budget):
+    from experiments.micro_learning import compare_methods
+
+    res = compare_methods(tmp_path / "cmp", kind="coding", minutes=None, **tiny_budget)
+    assert [r["method"] for r in res["rows"]] == ["agentic", "stepwise", "sft"]
+    assert res["best"] in ("agentic", "stepwise", "sft")
+    metrics = [json.loads((tmp_path / "cmp" / m / "metrics.json").read_text()) for m in ("agentic", "stepwise", "sft")]
+    assert len({m["warm_start_dir"] for m in metrics}) == 1  # one warm start (cached), three methods
+    assert len({m["heldout_f1_before"] for m in metrics}) == 1  # the same "before" for all: same episodes, greedy
+    for m in metrics:
+        assert m["n_heldout_tasks"] == 4
+        # measured, not assumed: a step whose groups all had zero variance is filtered and changes nothing
+        assert m["adapter_changed"] == (m["adapter_max_abs_diff"] > 0)
+        assert m["before"]["n"] == m["after"]["n"] == 4
+        # the no-tool baseline of a trained policy is its own form with tools off, not the reference's prompt
+        scores = json.loads((tmp_path / "cmp" / m["method"] / "eval_before" / "scores.json").read_text())
+        assert scores["direct"]["form"] == "tools_off" and scores["direct"]["rollout"]["code_runs"] == 0
+        assert scores["protocol"] == "chat" and scores["tool_calls"] == "tags"
+    assert metrics[2]["adapter_changed"] is True  # a supervised step always moves the weights
+    table = (tmp_path / "cmp" / "comparison.md").read_text()
+    assert table.count("\n") == 5 and "| agentic |" in table and "| sft |" in table
+
+
+def test_warm_start_rows_and_cache(tmp_path, tiny_budget):
+    """The recipe's rows: clean-image direct answers for every non-crop task, whole gold episodes for a share;
+    a second call with the same inputs is a cache hit."""
+    from experiments.micro_learning import micro_setup
+    from arftlib.train.warmstart import WarmStartRecipe, clean_answer_task, warm_start
+
+    _, cfg, train_tasks, _, _ = micro_setup(tmp_path / "setup", kind="coding", n_tasks=30,
+                                           config_overrides={"torch_threads": 1})
+    recipe = WarmStartRecipe(steps=2, tool_episode_fraction=0.2)
+    first = warm_start(cfg, train_tasks, recipe)
+    again = warm_start(cfg, train_tasks, recipe)
+    assert again["reused"] is True and again["model"] == first["model"]
+    n_clean = sum(clean_answer_task(t) is not None for t in train_tasks)
+    assert n_clean > 0 and first["rows_by_action"]["answer_clean"] == n_clean
+    shown = round(0.2 * len(train_tasks))
+    assert first["rows_by_action"]["problem"] == shown  # every gold episode starts with its diagnosis
+    crop = next(t for t in train_tasks if "crop" in t.degradations)
+    assert clean_answer_task(crop) is None  # the whole clean scene does not show the boxed detail
+    clean = clean_answer_task(next(t for t in train_tasks if "crop" not in t.degradations))
+    assert clean.images == [clean.clean_image] and [s["action"] for s in clean.gold_chain] == ["answer"]
