@@ -86,7 +86,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from experiments.micro_learning import compare_methods
 
     res = compare_methods(args.out, kind=args.kind, minutes=args.minutes, methods=args.methods, profile=args.profile,
-                          seed=args.seed)
+                          seed=args.seed, heldout_tasks=args.heldout or None)
     print(res["table_md"])
     return 0
 
@@ -213,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=["agentic", "stepwise", "sft"])
     p.add_argument("--profile", default="tiny-cpu")
     p.add_argument("--seed", type=int, default=None, help="data and training seed (default: the profile's)")
+    p.add_argument("--heldout", type=int, default=60, help="held-out tasks evaluated before and after (0 = all)")
     p.add_argument("--out", required=True, help="output folder (one sub-folder per method, comparison.md/json)")
     p.set_defaults(func=cmd_compare)
 

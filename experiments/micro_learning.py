@@ -27,7 +27,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["METHODS", "compare_methods", "evaluate_policy", "micro_learning", "micro_setup"]
+__all__ = ["METHODS", "compare_methods", "comparison_table", "evaluate_policy", "micro_learning", "micro_setup"]
 
 METHODS = ("agentic", "stepwise", "sft")
 
@@ -131,9 +131,10 @@ def micro_learning(out_dir: str | os.PathLike = "runs/tiny-cpu/micro-learning", 
     if method == "sft":
         from arftlib.train.warmstart import WarmStartRecipe as R
 
-        more = R(steps=max_steps if steps else recipe.steps, learning_rate=recipe.learning_rate,
-                 batch_size=recipe.batch_size, tool_episode_fraction=1.0, full=recipe.full, seed=recipe.seed + 1)
-        run_res = warm_start(cfg, train_tasks, more, model=ws["model"], cache=False, out_dir=out / "sft_more")
+        more = R(steps=max_steps, learning_rate=recipe.learning_rate, batch_size=recipe.batch_size,
+                 tool_episode_fraction=1.0, full=recipe.full, seed=recipe.seed + 1)  # every gold episode
+        run_res = warm_start(cfg, train_tasks, more, model=ws["model"], cache=False, out_dir=out / "sft_more",
+                             callbacks=[wall_clock_stop(minutes)] if minutes else [])
         trained_model, trained_adapter = run_res["model"], run_res["adapter"]
         run = {"steps": run_res["steps"], "s_per_step": run_res["sft_seconds"] / max(1, run_res["steps"]),
                "log_history": [], "final_dir": run_res["model"]}
@@ -184,27 +185,41 @@ def _weights_diff(a: str, b: str) -> float:
     return max(float((wa[k].float() - wb[k].float()).abs().max()) for k in wa if k in wb)
 
 
-def compare_methods(out_dir: str | os.PathLike, *, kind: str = "coding", minutes: float = 10.0,
+def compare_methods(out_dir: str | os.PathLike, *, kind: str = "coding", minutes: float | None = 10.0,
                     methods: Sequence[str] = METHODS, **kwargs: Any) -> dict[str, Any]:
     """Every method from the same warm start for the same wall clock, evaluated the same way; writes
     `comparison.json` and `comparison.md` (F1 with bootstrap CIs, reward, tool calls per episode)."""
     out = Path(out_dir)
+    for m in methods:
+        micro_learning(out / m, kind=kind, method=m, minutes=minutes, **kwargs)
+    return comparison_table(out, methods)
+
+
+def comparison_table(out_dir: str | os.PathLike, methods: Sequence[str] = METHODS) -> dict[str, Any]:
+    """The comparison of the methods' runs under `out_dir/<method>/metrics.json` (written by `micro_learning`):
+    `comparison.json` / `comparison.md` next to them, and the same as a dict."""
+    out = Path(out_dir)
     rows = []
     for m in methods:
-        r = micro_learning(out / m, kind=kind, method=m, minutes=minutes, **kwargs)
+        r = json.loads((out / m / "metrics.json").read_text(encoding="utf-8"))
         rows.append({"method": m, "f1_before": r["heldout_f1_before"], "f1_after": r["heldout_f1_after"],
                      "f1_after_ci": r["after"]["f1_ci"], "gain": r["heldout_f1_gain"],
                      "reward_after": r["heldout_reward_after"], "tool_calls_after": r["tool_calls_after"],
-                     "direct_f1_after": r["direct_f1_after"], "steps": r["train_steps"], "train_s": r["train_s"]})
+                     "direct_f1_after": r["direct_f1_after"], "steps": r["train_steps"], "train_s": r["train_s"],
+                     "minutes": r["minutes_budget"], "warm_start_dir": r["warm_start_dir"]})
+    if len({r["warm_start_dir"] for r in rows}) != 1:
+        raise ValueError(f"{out}: the methods did not start from the same warm start: "
+                         f"{sorted({r['warm_start_dir'] for r in rows})}")
     best = max(rows, key=lambda r: r["f1_after"])
-    table = ["| method | F1 before | F1 after [95% CI] | gain | reward after | tool calls/episode | direct F1 | "
+    table = ["| method | F1 before | F1 after [95% CI] | gain | reward after | tool calls/episode | tools-off F1 | "
              "steps | train s |", "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lo, hi = r["f1_after_ci"]
         table.append(f"| {r['method']} | {r['f1_before']:.2f} | {r['f1_after']:.2f} [{lo:.2f}, {hi:.2f}] | "
                      f"{r['gain']:+.2f} | {r['reward_after']:.3f} | {r['tool_calls_after']:.2f} | "
                      f"{(r['direct_f1_after'] or 0):.2f} | {r['steps']} | {r['train_s']:.0f} |")
-    res = {"kind": kind, "minutes": minutes, "rows": rows, "best": best["method"], "table_md": "\n".join(table)}
+    res = {"kind": json.loads((out / methods[0] / "metrics.json").read_text(encoding="utf-8"))["kind"],
+           "minutes": rows[0]["minutes"], "rows": rows, "best": best["method"], "table_md": "\n".join(table)}
     (out / "comparison.json").write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")
     (out / "comparison.md").write_text("\n".join(table) + "\n", encoding="utf-8")
     return res

@@ -39,7 +39,8 @@ def lora_config(cfg: "RunConfig", modules_to_save: Sequence[str] | None = None):
 
 def sft_warm_start(cfg: "RunConfig", dataset: Any, out_dir: str | os.PathLike, *, max_steps: int = 30,
                    learning_rate: float | None = None, batch_size: int = 8, model: str | None = None,
-                   modules_to_save: Sequence[str] | None = None, full: bool = False) -> dict[str, Any]:
+                   modules_to_save: Sequence[str] | None = None, full: bool = False,
+                   callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """A short supervised warm start (see the module docstring). Saves to `out_dir/adapter` (or `out_dir/model`
     with `full=True`) and returns `{"adapter"|"model": path, "steps", "seconds", "loss", "loss_curve"}`."""
     from trl import SFTConfig, SFTTrainer
@@ -60,14 +61,14 @@ def sft_warm_start(cfg: "RunConfig", dataset: Any, out_dir: str | os.PathLike, *
     args = SFTConfig(
         output_dir=str(out / "sft"), max_steps=int(max_steps), per_device_train_batch_size=batch_size,
         learning_rate=learning_rate or cfg.learning_rate, lr_scheduler_type="constant",
-        logging_steps=max(1, max_steps // 10), save_strategy="no",
+        logging_steps=max(1, min(10, max_steps // 10)), save_strategy="no",
         report_to=[], bf16=cuda() and cfg.torch_dtype in ("bfloat16", "bf16"), use_cpu=not cuda(),
         activation_checkpointing=False, seed=cfg.seed, completion_only_loss=True, max_length=None,
         dataset_num_proc=None, disable_tqdm=False, dataloader_num_workers=0,
         model_init_kwargs={"dtype": torch_dtype(cfg.torch_dtype), "attn_implementation": cfg.attn_implementation},
     )
     trainer = SFTTrainer(model=path, args=args, train_dataset=ds, processing_class=processor,
-                         peft_config=None if full else lora_config(cfg, modules_to_save))
+                         peft_config=None if full else lora_config(cfg, modules_to_save), callbacks=list(callbacks))
     t0 = time.perf_counter()
     result = trainer.train()
     secs = time.perf_counter() - t0

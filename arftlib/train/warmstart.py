@@ -104,11 +104,12 @@ def _select(ds: Any, recipe: WarmStartRecipe) -> Any:
 
 
 def warm_start(cfg: "RunConfig", tasks: Sequence["Task"], recipe: WarmStartRecipe = WarmStartRecipe(), *,
-               model: str | None = None, cache: bool = True, out_dir: str | os.PathLike | None = None
-               ) -> dict[str, Any]:
+               model: str | None = None, cache: bool = True, out_dir: str | os.PathLike | None = None,
+               callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """Fine-tune the run's model on gold steps of `tasks` (see the module docstring) and return `{"model": path,
     "adapter": path or None (LoRA warm starts), "reused": bool, "key", "rows", "rows_by_action", "steps", "seconds", "loss", "loss_curve", "recipe"}` (also in
-    `<path>/warm_start.json`). `cache=False` always trains (into `out_dir`)."""
+    `<path>/warm_start.json`). `cache=False` always trains (into `out_dir`); `callbacks` go to the SFT trainer
+    (e.g. a wall-clock stop)."""
     from arftlib.models import model_path_for
     from arftlib.paths import cache_dir
     from arftlib.train.datasets import make_dataset
@@ -138,7 +139,7 @@ def warm_start(cfg: "RunConfig", tasks: Sequence["Task"], recipe: WarmStartRecip
     shutil.rmtree(work, ignore_errors=True)
     sft_cfg = cfg.replace(seed=recipe.seed)
     result = sft_warm_start(sft_cfg, rows, work, max_steps=recipe.steps, learning_rate=recipe.learning_rate,
-                            batch_size=recipe.batch_size, model=base, full=recipe.full)
+                            batch_size=recipe.batch_size, model=base, full=recipe.full, callbacks=callbacks)
     saved = Path(result["model" if recipe.full else "adapter"])
     if final.exists():
         shutil.rmtree(final)

@@ -35,7 +35,7 @@ AGENTIC_MINUTES = 8.0  # wall clock of agentic GRPO
 AGENTIC_STEPS = 0  # or a fixed number of agentic steps (0: by wall clock)
 STEPWISE_MINUTES = 1.5  # wall clock of the paper's step-wise GRPO from the same warm start (0 skips it)
 STEPWISE_STEPS = 0  # or a fixed number of step-wise steps (0: by wall clock; both 0 skips it)
-COMPARISON_DIR = ""  # a `python -m arftlib compare` output folder to show; empty: look under the runs folder
+COMPARISON_DIR = ""  # a `python -m arftlib compare --out DIR` folder to show; empty: OUT_DIR/comparison
 RUN_COMPARISON = False  # run the full comparison here (each method for AGENTIC_MINUTES; long)
 SEED = 0  # seed for data, sampling and training
 
