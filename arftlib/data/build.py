@@ -219,6 +219,16 @@ def _coding_verification(results: dict[str, dict[str, Any]], verify: bool) -> di
     }
 
 
+def _coding_counts(tasks: list[Task]) -> dict[str, Any]:
+    """The data-card counts every coding build shares: by split, split × difficulty, degradation type and label."""
+    return {
+        "by_split": dict(collections.Counter(t.split for t in tasks)),
+        "by_split_difficulty": _count2(tasks, lambda t: t.split, lambda t: t.metadata["difficulty"]),
+        "by_type": dict(sorted(collections.Counter("+".join(t.degradations) for t in tasks).items())),
+        "by_label": dict(sorted(collections.Counter(x for t in tasks for x in t.degradations).items())),
+    }
+
+
 def _build_coding(n: int, seed: int, out: Path, *, test_fraction: float, hard_fraction: float,
                   photo_fraction: float, workers: int, verify: bool, progress: bool) -> dict[str, Any]:
     from arftlib.data import synth_coding as SC
@@ -232,10 +242,7 @@ def _build_coding(n: int, seed: int, out: Path, *, test_fraction: float, hard_fr
     return {
         "tasks": tasks,
         "counts": {
-            "by_split": dict(collections.Counter(t.split for t in tasks)),
-            "by_split_difficulty": _count2(tasks, lambda t: t.split, lambda t: t.metadata["difficulty"]),
-            "by_type": dict(sorted(collections.Counter("+".join(t.degradations) for t in tasks).items())),
-            "by_label": dict(sorted(collections.Counter(x for t in tasks for x in t.degradations).items())),
+            **_coding_counts(tasks),
             "by_scene": dict(sorted(collections.Counter(t.metadata["scene"] for t in tasks).items())),
             "by_source": dict(sources),
         },
@@ -258,10 +265,7 @@ def _build_micro_coding(n: int, seed: int, out: Path, *, test_fraction: float, h
     return {
         "tasks": tasks,
         "counts": {
-            "by_split": dict(collections.Counter(t.split for t in tasks)),
-            "by_split_difficulty": _count2(tasks, lambda t: t.split, lambda t: t.metadata["difficulty"]),
-            "by_type": dict(sorted(collections.Counter("+".join(t.degradations) for t in tasks).items())),
-            "by_label": dict(sorted(collections.Counter(x for t in tasks for x in t.degradations).items())),
+            **_coding_counts(tasks),
             "by_question_type": dict(sorted(collections.Counter(qtype(t) for t in tasks).items())),
             "by_type_question_type": _count2(tasks, lambda t: "+".join(t.degradations), qtype),
             "by_question_type_answer": _count2(tasks, qtype, lambda t: t.answers[0]),
