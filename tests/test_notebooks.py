@@ -48,8 +48,9 @@ def _check_03(m):
 
 
 def _check_04(m):
-    # a very short run (two agentic steps): the learning itself is measured by tests/test_micro_learning.py and
-    # `make reproduce`; here the notebook's wiring and its metrics contract
+    # a very short run (two agentic steps): the learning itself is measured by `make reproduce` (README "Learning
+    # on CPU"); tests/test_micro_learning.py checks the comparison pipeline; here the notebook's wiring and its
+    # metrics contract
     for key in ("warm_start_dir", "adapter_dir", "heldout_f1_before", "heldout_f1_after", "heldout_reward_before",
                 "heldout_reward_after", "adapter_changed"):
         assert key in m, key
