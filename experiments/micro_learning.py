@@ -27,7 +27,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["METHODS", "compare_methods", "comparison_table", "evaluate_policy", "micro_learning", "micro_setup"]
+__all__ = ["METHODS", "compare_methods", "comparison_table", "evaluate_policy", "micro_learning", "micro_setup",
+           "seeing_check"]
 
 METHODS = ("agentic", "stepwise", "sft")
 
@@ -84,6 +85,35 @@ def evaluate_policy(cfg: Any, model: str, adapter: str | None, tasks: Sequence[A
     return res
 
 
+def seeing_check(cfg: Any, model: str, adapter: str | None, tasks: Sequence[Any], out: str | os.PathLike, *,
+                 kind: str = "coding") -> dict[str, Any] | None:
+    """Can the policy SEE? The held-out questions asked on their clean images (`warmstart.clean_answer_task`; zoom
+    tasks left out), answered in the training form, greedy: `{"f1", "n", "by_type": {type: {"n", "f1", "chance",
+    "answers"}}}` where `answers` counts the distinct answers given. A policy at chance with one answer per type
+    reads the question, not the image — then nothing downstream (tools, RL) can raise its F1. None for a world
+    without clean images (micro-search)."""
+    from arftlib.trajectories import read_trajectories
+    from arftlib.train.warmstart import clean_answer_task
+
+    clean = [c for c in (clean_answer_task(t) for t in tasks) if c is not None]
+    if not clean:
+        return None
+    res = evaluate_policy(cfg, model, adapter, clean, out, kind=kind, n_boot=50)
+    by_type: dict[str, dict[str, Any]] = {}
+    for tr in read_trajectories(Path(out) / "trajectories", resolve_images=False):
+        meta = tr.task.metadata
+        row = by_type.setdefault(meta.get("question_type", "?"), {"n": 0, "f1": 0.0, "chance": None, "given": set()})
+        row["n"] += 1
+        row["f1"] += float(tr.metrics.get("f1") or 0.0)
+        row["given"].add((tr.final_answer or "").strip().lower())
+        if meta.get("choices"):
+            row["chance"] = round(100.0 / len(meta["choices"]), 1)
+    for row in by_type.values():
+        row["f1"] = round(100.0 * row["f1"] / max(1, row["n"]), 2)
+        row["answers"] = len(row.pop("given"))
+    return {"f1": res["f1"], "n": res["n"], "by_type": dict(sorted(by_type.items())), "dir": str(out)}
+
+
 def _groups(table_csv: Path, run: str) -> dict[str, dict[str, float]]:
     """`{"degradation=dark": {"n", "f1"}, …}` from an evaluation's table (reference scoring)."""
     import csv
@@ -121,6 +151,7 @@ def micro_learning(out_dir: str | os.PathLike = "runs/tiny-cpu/micro-learning", 
         test_tasks = test_tasks[: int(heldout_tasks)]
     recipe = recipe or WarmStartRecipe(seed=cfg.seed)
     ws = warm_start(cfg, train_tasks, recipe)
+    seeing = seeing_check(cfg, ws["model"], ws["adapter"], test_tasks, out / "seeing_check", kind=kind)
     before = evaluate_policy(cfg, ws["model"], ws["adapter"], test_tasks, out / "eval_before", kind=kind,
                              direct_baseline=direct_baseline, n_boot=n_boot)
 
@@ -162,7 +193,7 @@ def micro_learning(out_dir: str | os.PathLike = "runs/tiny-cpu/micro-learning", 
         "heldout_reward_before": before["reward"], "heldout_reward_after": after["reward"],
         "tool_calls_before": before["tool_calls_per_episode"], "tool_calls_after": after["tool_calls_per_episode"],
         "direct_f1_before": before.get("direct_f1"), "direct_f1_after": after.get("direct_f1"),
-        "before": before, "after": after, "adapter_changed": changed, "adapter_max_abs_diff": diff,
+        "warm_start_seeing": seeing, "before": before, "after": after, "adapter_changed": changed, "adapter_max_abs_diff": diff,
         "train_steps": run["steps"], "train_s": round(train_s, 1), "s_per_step": run.get("s_per_step"),
         "minutes_budget": minutes, "total_s": round(time.perf_counter() - t_start, 1),
         "train_curve": [{k: h.get(k) for k in ("step", "reward", "episode/tool_calls", "episode/turns",

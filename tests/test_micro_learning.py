@@ -18,7 +18,7 @@ import pytest
 def tiny_budget():
     from arftlib.train.warmstart import WarmStartRecipe
 
-    return dict(n_tasks=30, heldout_tasks=4, steps=1, n_boot=50, recipe=WarmStartRecipe(steps=3),
+    return dict(n_tasks=30, heldout_tasks=4, steps=1, n_boot=50, recipe=WarmStartRecipe(steps=3, seeing_steps=1),
                 config_overrides={"per_device_train_batch_size": 8, "num_generations": 4, "torch_threads": 1})
 
 
@@ -53,7 +53,7 @@ def test_warm_start_rows_and_cache(tmp_path, tiny_budget):
 
     _, cfg, train_tasks, _, _ = micro_setup(tmp_path / "setup", kind="coding", n_tasks=30,
                                            config_overrides={"torch_threads": 1})
-    recipe = WarmStartRecipe(steps=2, tool_episode_fraction=0.2)
+    recipe = WarmStartRecipe(steps=2, tool_episode_fraction=0.2, seeing_steps=0)
     first = warm_start(cfg, train_tasks, recipe)
     again = warm_start(cfg, train_tasks, recipe)
     assert again["reused"] is True and again["model"] == first["model"]
@@ -65,3 +65,21 @@ def test_warm_start_rows_and_cache(tmp_path, tiny_budget):
     assert clean_answer_task(crop) is None  # the whole clean scene does not show the boxed detail
     clean = clean_answer_task(next(t for t in train_tasks if "crop" not in t.degradations))
     assert clean.images == [clean.clean_image] and [s["action"] for s in clean.gold_chain] == ["answer"]
+
+
+def test_seeing_stage_runs_first_and_is_shared(tmp_path):
+    """`seeing_steps`: a first stage on the clean-image answers alone, cached on its own, so two recipes that differ
+    only in the gold-steps stage train it once; both stages are reported."""
+    from experiments.micro_learning import micro_setup
+    from arftlib.train.warmstart import WarmStartRecipe, warm_start
+
+    _, cfg, train_tasks, _, _ = micro_setup(tmp_path / "setup", kind="coding", n_tasks=30,
+                                           config_overrides={"torch_threads": 1})
+    a = warm_start(cfg, train_tasks, WarmStartRecipe(steps=1, seeing_steps=2, tool_episode_fraction=0.2))
+    b = warm_start(cfg, train_tasks, WarmStartRecipe(steps=2, seeing_steps=2, tool_episode_fraction=0.2))
+    assert [s["stage"] for s in a["stages"]] == ["seeing", "gold steps"]
+    assert a["stages"][0]["steps"] == 2 and a["stages"][1]["steps"] == 1 and a["steps"] == 3
+    assert a["stages"][0]["reused"] is False and b["stages"][0]["reused"] is True
+    assert a["model"] != b["model"]  # the later stage differs: two warm starts on one seeing stage
+    with pytest.raises(ValueError, match="full=True"):
+        warm_start(cfg, train_tasks, WarmStartRecipe(steps=1, seeing_steps=2, full=False))

@@ -58,6 +58,10 @@ def _check_04(m):
     assert m["adapter_changed"] is True and m["adapter_max_abs_diff"] > 0
     assert m["agentic_steps"] == 2 and m["stepwise"]["steps"] == 1
     assert m["kind"] == "coding" and m["benchmark"] == "micro-coding" and m["n_heldout"] == 6
+    assert [s["stage"] for s in m["warm_start_stages"]] == ["seeing", "gold steps"]  # SEEING_STEPS reached the recipe
+    # the seeing check: clean-image questions of every non-zoom type asked, with the chance level beside them
+    assert set(m["warm_start_seeing_by_type"]) <= {"color", "shape", "position"}
+    assert all(r["chance"] and r["n"] > 0 for r in m["warm_start_seeing_by_type"].values())
 
 
 def _check_05(m):
@@ -79,7 +83,7 @@ EXPECTATIONS = {
     "01_build_datasets": ({"N_CODING": 12, "N_SEARCH": 12, "SHOW_EXAMPLES": 4}, _check_01),
     "02_tools": ({"N_SEARCH_QUERIES": 3}, _check_02),
     "03_reward_design": ({"N_GROUP_TASKS": 2, "GROUP_SIZE": 2}, _check_03),
-    "04_grpo_training": ({"N_TASKS": 30, "HELDOUT": 6, "WARM_STEPS": 4, "AGENTIC_MINUTES": 0, "AGENTIC_STEPS": 2,
+    "04_grpo_training": ({"N_TASKS": 30, "HELDOUT": 6, "WARM_STEPS": 4, "SEEING_STEPS": 2, "AGENTIC_MINUTES": 0, "AGENTIC_STEPS": 2,
                           "STEPWISE_MINUTES": 0, "STEPWISE_STEPS": 1}, _check_04),
     "05_evaluation": ({"N_TASKS": 20, "N_ORACLE": 4, "N_BOOT": 200, "RUNS_DIR": "/nonexistent-runs"}, _check_05),
     "06_trajectories": ({"N_TASKS": 2, "RUNS_DIR": "/nonexistent-runs"}, _check_06),

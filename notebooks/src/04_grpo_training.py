@@ -29,7 +29,9 @@ OUT_DIR = "../runs/manual/04_grpo_training"  # every file this notebook writes g
 KIND = "coding"  # micro world to train on: coding (restore / crop the image) or search (look the emblem up)
 N_TASKS = 0  # tasks in the micro build (80 % train, 20 % held out); 0: the profile's
 HELDOUT = 60  # held-out tasks evaluated before and after
-WARM_STEPS = 150  # supervised warm-start steps (cached: a second run with the same settings reuses them)
+SEEING_STEPS = 0  # warm-start stage 1: steps on clean-image answers alone (learning to see; cached on its own); 0
+# skips it. 400 (+8 min) makes the warm start see colours (README "Learning on CPU"), beyond this budget
+WARM_STEPS = 150  # warm-start stage 2: supervised steps on gold steps (cached: the same settings are reused)
 TOOL_EPISODES = 0.15  # share of training tasks whose whole gold episode the warm start shows
 AGENTIC_MINUTES = 8.0  # wall clock of agentic GRPO
 AGENTIC_STEPS = 0  # or a fixed number of agentic steps (0: by wall clock)
@@ -53,7 +55,7 @@ from arftlib.train import lora_snapshot, max_abs_diff, train, wall_clock_stop
 from arftlib.train.trainer import current_rss_mb
 from arftlib.train.warmstart import WarmStartRecipe, warm_start
 from arftlib.trajectories import read_trajectories
-from experiments.micro_learning import compare_methods, evaluate_policy, micro_setup
+from experiments.micro_learning import compare_methods, evaluate_policy, micro_setup, seeing_check
 
 out_dir = Path(OUT_DIR)
 out_dir.mkdir(parents=True, exist_ok=True)
@@ -77,17 +79,35 @@ display(pd.Series(["+".join(t.degradations) or "-" for t in heldout_tasks]).valu
 # ## 1 · Warm start (cold-start SFT on gold steps; cached)
 
 # %%
-recipe = WarmStartRecipe(steps=WARM_STEPS, tool_episode_fraction=TOOL_EPISODES, seed=cfg.seed)
+recipe = WarmStartRecipe(steps=WARM_STEPS, seeing_steps=SEEING_STEPS, tool_episode_fraction=TOOL_EPISODES,
+                         seed=cfg.seed)
 t0 = time.time()
 ws = warm_start(cfg, train_tasks, recipe)
 print(f"warm start {'reused from the cache' if ws['reused'] else 'trained'} in {time.time() - t0:.0f} s: "
       f"{ws['rows']} rows {ws['rows_by_action']}, {ws['steps']} steps, final loss {ws['loss']:.3f} → {ws['model']}")
+for st in ws.get("stages", []):
+    print(f"  stage {st['stage']!r}: {st['rows']} rows, {st['steps']} steps, {st['seconds']:.0f} s, loss {st['loss']:.3f}"
+          f"{' (reused)' if st.get('reused') else ''}")
 if ws.get("loss_curve"):
     plt.figure(figsize=(5, 2.6))
     plt.plot(ws["loss_curve"])
     plt.title("warm-start loss (logged every few steps)")
     plt.savefig(out_dir / "warm_start_loss.png", dpi=80)
     plt.show()
+
+# %% [markdown]
+# ### Can the warm start see?
+# The held-out questions asked on their *clean* images, answered at once. At chance with one answer per question
+# type, the policy reads the question, not the image: then neither tools nor RL can raise its F1 (the restored
+# image is worth nothing to a policy that does not look).
+
+# %%
+seeing = seeing_check(cfg, ws["model"], ws["adapter"], heldout_tasks, out_dir / "seeing_check", kind=KIND)
+if seeing is None:
+    print("no clean images in this world (micro-search): the seeing check does not apply")
+else:
+    print(f"clean-image F1 {seeing['f1']:.1f} on {seeing['n']} held-out questions")
+    display(pd.DataFrame(seeing["by_type"]).T.rename(columns={"answers": "distinct answers given"}))
 
 # %% [markdown]
 # ## 2 · Before: the warm start on held-out tasks, with live tools and without
@@ -222,7 +242,9 @@ metrics = {
     "direct_f1_before": before["direct_f1"], "direct_f1_after": after["direct_f1"],  # tools switched off
     "tools_minus_direct_f1_after": round(after["f1"] - after["direct_f1"], 2),
     "heldout_f1_gain": round(after["f1"] - before["f1"], 2), "warm_start_recipe": ws["recipe"],
-    "warm_start_s": ws.get("seconds"),
+    "warm_start_s": ws.get("seconds"), "warm_start_stages": ws.get("stages"),
+    "warm_start_seeing_f1": seeing["f1"] if seeing else None,  # clean images, answered at once (can it see?)
+    "warm_start_seeing_by_type": seeing["by_type"] if seeing else None,
     "tool_calls_before": before["tool_calls_per_episode"], "tool_calls_after": after["tool_calls_per_episode"],
     "adapter_changed": adapter_changed, "adapter_max_abs_diff": adapter_diff,
     "agentic_steps": agentic["steps"], "agentic_s": round(agentic_s, 1), "agentic_s_per_step": agentic["s_per_step"],
