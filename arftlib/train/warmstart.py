@@ -109,6 +109,13 @@ def _select(ds: Any, recipe: WarmStartRecipe) -> Any:
     return ds.select(keep)
 
 
+def _publish(src: str | os.PathLike, final: Path) -> None:
+    """Move a finished model folder to its cache place (replacing an unfinished one left there)."""
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(src, final)
+
+
 def _seeing_stage(cfg: "RunConfig", clean_rows: Any, tasks: Sequence["Task"], recipe: WarmStartRecipe, base: str,
                   *, cache: bool, work: Path, callbacks: Sequence[Any]) -> dict[str, Any]:
     """The seeing stage (clean-image answers alone, `recipe.seeing_steps` steps), cached on its own under
@@ -130,9 +137,7 @@ def _seeing_stage(cfg: "RunConfig", clean_rows: Any, tasks: Sequence["Task"], re
             "loss": res["loss"], "loss_curve": res["loss_curve"], "model": res["model"]}
     if not cache:
         return {**info, "reused": False}
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(res["model"], final)
+    _publish(res["model"], final)
     info["model"] = str(final)
     marker.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     return {**info, "reused": False}
@@ -191,9 +196,7 @@ def warm_start(cfg: "RunConfig", tasks: Sequence["Task"], recipe: WarmStartRecip
     stages.append({"stage": "gold steps", "rows": len(rows), "steps": result["steps"], "seconds": result["seconds"],
                    "loss": result["loss"], "loss_curve": result["loss_curve"]})
     saved = Path(result["model" if recipe.full else "adapter"])
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(saved, final)
+    _publish(saved, final)
     shutil.rmtree(work, ignore_errors=True)
     info = {"model": str(final) if recipe.full else base, "adapter": None if recipe.full else str(final),
             "key": key, "base_model": base, "recipe": dataclasses.asdict(recipe),
