@@ -137,7 +137,10 @@ def test_zoom_detail_is_too_small_at_policy_resolution_and_large_after_the_gold_
         box = item.task.metadata["box"]
         small = MC.downscaled(item.degraded)  # what the policy sees without a tool
         w, h = _ink_bbox(small, grid_box_to_pixels(box, MC.POLICY_SIDE, MC.POLICY_SIDE))
-        assert 0 < max(w, h) <= 6, (w, h)  # a 5-pixel blob: circle, square, triangle and cross look alike
+        assert 0 < max(w, h) <= 6, (w, h)  # a 5-pixel blob among others
+        objs = item.task.metadata["objects"]
+        assert item.task.answers == [objs[0]["color"]] and "color" in item.task.question
+        assert all(o["color"] != objs[0]["color"] for o in objs[1:])  # only the boxed blob has the answer colour
         src = tmp_path / f"{item.task.id}.png"
         from arftlib.data.render import save_png
 
