@@ -25,7 +25,12 @@ What it measures
 How to run (from the repository root; each run prints a table and writes `probe_<kind>.json` to `--out`):
     HF_HUB_OFFLINE=1 nice .venv/bin/python experiments/micro_probe.py coding --minutes 3 --out /tmp/micro-probe
     HF_HUB_OFFLINE=1 nice .venv/bin/python experiments/micro_probe.py search --minutes 3 --out /tmp/micro-probe
-A coding run takes ~`--minutes` + 2 minutes, a search run ~`--minutes` + 1 minute on 2 shared cores.
+A coding run takes ~`--minutes` + 2 minutes, a search run ~`--minutes` + 1 minute on 2 shared cores. `--types`
+(e.g. `position`), `--max-train N` and `--answer-form word|short-think|think` (the target text: the word alone, or
+behind a think as the warm start's rows have it) narrow a coding run. What they showed (2026-12-02, seed 0, 700
+training tasks, clean-image accuracy at step 150, answers colour / zoom): `word` 77 / 76 %; `short-think`
+30 / 22 % (34 / 46 % at step 200); `think` 17 / 16 % at step 100. So every token before the answer word slows
+learning to see several times over. `--types position` (4 sides) stayed at one answer for 450 steps.
 
 What it leaves out: the agentic loop (diagnosis, code generation, tool calls), RL, and the `toy` model; this is
 the "can it see at all" check that the micro world's design rests on. Numbers vary with the machine's load (the
@@ -38,6 +43,7 @@ import argparse
 import json
 import os
 import random
+import re
 import sys
 import tempfile
 import time
@@ -54,6 +60,11 @@ LR = 1e-3  # AdamW learning rate (facts.md's probe)
 BATCH = 32  # training batch size
 EVAL_BATCH = 64  # evaluation batch size (greedy generation)
 MAX_NEW_TOKENS = 8  # answers are one word; queries three
+ANSWER_FORMS = {  # --answer-form: the target text around the answer word (the warm start's clean rows are "think")
+    "word": "{}",
+    "short-think": "<think> read it </think>\n<answer> {} </answer>",
+    "think": "<think> The image has no issues, so I can read the answer directly. </think>\n<answer> {} </answer>",
+}
 PROBE_LABELS = ("dark", "overexposure", "noise", "blur", "rotation90", "rotation180")  # applied to every
 # non-zoom held-out image in the coding matrix
 
@@ -96,8 +107,18 @@ def encode_train(processor, images: Sequence[Any], questions: Sequence[str], tar
     return enc
 
 
+def answer_word(text: str) -> str:
+    """The answer of a generated target: the `<answer>` payload when there is one, else the text (stripped).
+
+    >>> answer_word("<think> read it </think> <answer> red </answer>"), answer_word("red")
+    ('red', 'red')
+    """
+    m = re.search(r"<answer>(.*?)</answer>", text, re.S)
+    return (m.group(1) if m else text).strip()
+
+
 def answer(model, processor, images: Sequence[Any], questions: Sequence[str]) -> list[str]:
-    """Greedy answers (decoded, stripped), batched."""
+    """Greedy answers (decoded, stripped, the `<answer>` payload when the target form has one), batched."""
     import torch
 
     from arftlib.models import suppressed_token_ids
@@ -112,7 +133,7 @@ def answer(model, processor, images: Sequence[Any], questions: Sequence[str]) ->
             gen = model.generate(**enc, max_new_tokens=MAX_NEW_TOKENS, do_sample=False, bad_words_ids=bad,
                                  pad_token_id=processor.tokenizer.pad_token_id)
             new = gen[:, enc["input_ids"].shape[1]:]
-            out += [x.strip() for x in processor.tokenizer.batch_decode(new, skip_special_tokens=True)]
+            out += [answer_word(x) for x in processor.tokenizer.batch_decode(new, skip_special_tokens=True)]
     model.train()
     return out
 
@@ -199,15 +220,19 @@ def probe_coding(args) -> dict[str, Any]:
     t0 = time.perf_counter()
     build = build_dataset("micro-coding", args.n, args.seed, out / "micro-coding", overwrite=True, verify=False)
     tasks = load_built(build)
-    train_tasks = [t for t in tasks if t.split == "train"]
-    test_tasks = [t for t in tasks if t.split == "test"][: args.n_test]
+    types = set(args.types.split(",")) if args.types else set(MC.QUESTION_TYPES)
+    if not types <= set(MC.QUESTION_TYPES):
+        raise ValueError(f"--types: unknown {sorted(types - set(MC.QUESTION_TYPES))}; use {MC.QUESTION_TYPES}")
+    train_tasks = [t for t in tasks if t.split == "train" and t.metadata["question_type"] in types][: args.max_train]
+    test_tasks = [t for t in tasks if t.split == "test" and t.metadata["question_type"] in types][: args.n_test]
     t_build = time.perf_counter() - t0
 
     def clean_view(t) -> np.ndarray:
         clean = load_rgb(t.clean_image)
         return zoom_target(clean, t.metadata["box"]) if t.metadata["question_type"] == "zoom" else clean
 
-    samples = [(_pil(clean_view(t)), t.question, t.answers[0]) for t in train_tasks]
+    form = ANSWER_FORMS[args.answer_form]
+    samples = [(_pil(clean_view(t)), t.question, form.format(t.answers[0])) for t in train_tasks]
     # the held-out conditions: (question type, condition, image, question, answer)
     rng = np.random.default_rng([args.seed, 77])
     rows: list[tuple[str, str, Any, str, str]] = []
@@ -268,6 +293,7 @@ def probe_coding(args) -> dict[str, Any]:
         for cell in conds.values():
             cell["em"] = round(100.0 * cell["correct"] / cell["n"], 1)
     result = {"kind": "coding", "seed": args.seed, "n_build": args.n, "n_train": len(samples),
+              "types": sorted(types), "answer_form": args.answer_form,
               "n_test_tasks": len(test_tasks), "parameters": n_params, "train": tr,
               "chance": {qt: round(100.0 / len(MC.CHOICES[qt]), 1) for qt in MC.QUESTION_TYPES},
               "table": table, "timing_s": {"build": round(t_build, 1), "conditions": round(t_conditions, 1),
@@ -352,10 +378,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--n", type=int, default=None, help="tasks to build (default: coding 3000, search 2000)")
     ap.add_argument("--n-test", type=int, default=240, help="coding: held-out tasks to evaluate (each in many conditions)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--types", default="", help="coding: question types to train and evaluate, comma-separated "
+                    "(default: all of color, shape, position, zoom)")
+    ap.add_argument("--max-train", type=int, default=None, help="coding: use at most this many training tasks")
+    ap.add_argument("--answer-form", choices=sorted(ANSWER_FORMS), default="word",
+                    help="coding: the target text — the word alone, or behind a short / the warm start's think")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     ap.add_argument("--out", default=os.path.join(tempfile.gettempdir(), "micro-probe"))
     args = ap.parse_args(argv)
     args.n = args.n or (3000 if args.kind == "coding" else 2000)
+    if args.answer_form != "word":  # the think costs tokens before the answer
+        global MAX_NEW_TOKENS
+        MAX_NEW_TOKENS = 40
     import torch
 
     torch.set_num_threads(args.threads)

@@ -83,3 +83,22 @@ def test_seeing_stage_runs_first_and_is_shared(tmp_path):
     assert a["model"] != b["model"]  # the later stage differs: two warm starts on one seeing stage
     with pytest.raises(ValueError, match="full=True"):
         warm_start(cfg, train_tasks, WarmStartRecipe(steps=1, seeing_steps=2, full=False))
+
+
+def test_row_mean_loss_warm_start_trains_and_has_its_own_cache_key(tmp_path):
+    """`WarmStartRecipe(row_mean_loss=True)` trains through `train.sft`'s row-mean trainer (TRL's SFTTrainer with its
+    loss replaced) and is cached apart from the token-mean recipe."""
+    import math
+
+    from experiments.micro_learning import micro_setup
+    from arftlib.models import model_path_for
+    from arftlib.train.warmstart import WarmStartRecipe, warm_start, warm_start_key
+
+    _, cfg, train_tasks, _, _ = micro_setup(tmp_path / "setup", kind="coding", n_tasks=30,
+                                           config_overrides={"torch_threads": 1})
+    rm = WarmStartRecipe(steps=2, tool_episode_fraction=0.2, row_mean_loss=True)
+    res = warm_start(cfg, train_tasks, rm)
+    assert res["steps"] == 2 and math.isfinite(res["loss"]) and res["loss"] > 0
+    base = model_path_for(cfg)
+    assert warm_start_key(cfg, train_tasks, rm, base) != warm_start_key(
+        cfg, train_tasks, WarmStartRecipe(steps=2, tool_episode_fraction=0.2), base)

@@ -354,3 +354,22 @@ def test_agentic_learning_demo_runs_end_to_end(tmp_path):
     assert r["gain"] == pytest.approx(r["heldout_reward_after"] - r["heldout_reward_before"])
     assert json.loads((tmp_path / "demo" / "metrics.json").read_text())["n_train_tasks"] == r["n_train_tasks"]
     assert (tmp_path / "demo" / "grpo" / "final" / "adapter_config.json").is_file()
+
+
+def test_row_mean_loss_weighs_a_one_word_row_like_a_code_row():
+    """The warm start's loss (`row_mean_loss`): a 1-token answer row and a 50-token code row count the same; TRL's
+    token mean would give the answer 1/51 of the weight."""
+    import doctest
+
+    import torch
+
+    import arftlib.train.sft as sft
+
+    assert doctest.testmod(sft).failed == 0
+    mask = torch.zeros(2, 50, dtype=torch.bool)
+    mask[0, -1] = True  # the answer row: one trained token
+    mask[1, :] = True  # the code row: fifty
+    lp = torch.zeros(2, 50, requires_grad=True)
+    sft.row_mean_nll(lp, mask).backward()
+    assert abs(float(lp.grad[0].sum()) + 0.5) < 1e-6 and abs(float(lp.grad[1].sum()) + 0.5) < 1e-6
+    assert float(sft.row_mean_nll(lp, torch.zeros_like(mask))) == 0.0  # no trained token: zero, not NaN
