@@ -102,3 +102,18 @@ def test_row_mean_loss_warm_start_trains_and_has_its_own_cache_key(tmp_path):
     base = model_path_for(cfg)
     assert warm_start_key(cfg, train_tasks, rm, base) != warm_start_key(
         cfg, train_tasks, WarmStartRecipe(steps=2, tool_episode_fraction=0.2), base)
+
+
+def test_seeing_stage_rows_are_the_bare_word(tmp_path):
+    """`seeing_bare_answers` (default): the seeing stage's target is `<answer> X </answer>` with nothing before the
+    word (a think there slows learning to see several times over, `micro_probe --answer-form`); the clean-answer rows
+    of the gold-steps stage keep the think-first format."""
+    from experiments.micro_learning import micro_setup
+    from arftlib.train.warmstart import WarmStartRecipe, bare_answer_task, clean_answer_task
+    from arftlib.turns import gold_turns
+
+    _, _, train_tasks, _, _ = micro_setup(tmp_path / "setup", kind="coding", n_tasks=30)
+    clean = next(c for c in map(clean_answer_task, train_tasks) if c is not None)
+    assert gold_turns(bare_answer_task(clean)) == [f"<answer> {clean.answers[0]} </answer>"]
+    assert gold_turns(clean)[0].startswith("<think>")
+    assert WarmStartRecipe().seeing_bare_answers is True
