@@ -29,8 +29,8 @@ OUT_DIR = "../runs/manual/04_grpo_training"  # every file this notebook writes g
 KIND = "coding"  # micro world to train on: coding (restore / crop the image) or search (look the emblem up)
 N_TASKS = 0  # tasks in the micro build (80 % train, 20 % held out); 0: the profile's
 HELDOUT = 60  # held-out tasks evaluated before and after
-SEEING_STEPS = 0  # warm-start stage 1: steps on clean-image answers alone (learning to see; cached on its own); 0
-# skips it. 400 (+8 min) makes the warm start see colours (README "Learning on CPU"), beyond this budget
+SEEING_STEPS = 150  # warm-start stage 1: steps on clean-image answers alone, the bare word (learning to see; cached
+# on its own; ~2.3 min); 0 skips it — then the warm start answers one word per question type (README "Learning on CPU")
 WARM_STEPS = 150  # warm-start stage 2: supervised steps on gold steps (cached: the same settings are reused)
 TOOL_EPISODES = 0.15  # share of training tasks whose whole gold episode the warm start shows
 AGENTIC_MINUTES = 8.0  # wall clock of agentic GRPO
