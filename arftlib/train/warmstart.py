@@ -95,7 +95,8 @@ def warm_start_key(cfg: "RunConfig", tasks: Sequence["Task"], recipe: WarmStartR
 def bare_answer_task(clean: "Task") -> "Task":
     """A clean-answer task whose gold turn is `<answer> X </answer>` alone, no think before it (the seeing stage's
     `seeing_bare_answers` rows)."""
-    return dataclasses.replace(clean, gold_chain=[{"action": "answer", "content": f"<answer> {clean.answers[0]} </answer>"}])
+    step = {"action": "answer", "content": f"<answer> {clean.answers[0]} </answer>"}
+    return dataclasses.replace(clean, gold_chain=[step])
 
 
 def clean_answer_task(task: "Task") -> "Task | None":
@@ -129,8 +130,9 @@ def _publish(src: str | os.PathLike, final: Path) -> None:
     os.replace(src, final)
 
 
-def _seeing_stage(cfg: "RunConfig", clean_rows: Any, tasks: Sequence["Task"], recipe: WarmStartRecipe, base: str,
-                  *, cache: bool, work: Path, callbacks: Sequence[Any]) -> dict[str, Any]:
+def _seeing_stage(cfg: "RunConfig", clean: Sequence["Task"], clean_rows: Any, tasks: Sequence["Task"],
+                  recipe: WarmStartRecipe, base: str, *, cache: bool, work: Path,
+                  callbacks: Sequence[Any]) -> dict[str, Any]:
     """The seeing stage (clean-image answers alone, `recipe.seeing_steps` steps), cached on its own under
     `cache_dir("warm-starts", "seeing-<key>")` so recipes that differ only in the later stage share it."""
     from arftlib.paths import cache_dir
@@ -144,6 +146,10 @@ def _seeing_stage(cfg: "RunConfig", clean_rows: Any, tasks: Sequence["Task"], re
     marker = final / MARKER
     if cache and marker.is_file():  # the folder, not the path recorded in it: a moved cache still works
         return {**json.loads(marker.read_text(encoding="utf-8")), "model": str(final), "reused": True}
+    if recipe.seeing_bare_answers:  # built only when the stage runs (a cached stage needs no rows)
+        from arftlib.train.datasets import make_dataset
+
+        clean_rows = make_dataset([bare_answer_task(c) for c in clean], cfg, "stepwise", seed=recipe.seed)
     res = sft_warm_start(cfg, clean_rows, work / "seeing", max_steps=recipe.seeing_steps,
                          learning_rate=recipe.learning_rate, batch_size=recipe.seeing_batch_size, model=base, full=True,
                          callbacks=callbacks, row_mean_loss=recipe.row_mean_loss)
@@ -201,10 +207,7 @@ def warm_start(cfg: "RunConfig", tasks: Sequence["Task"], recipe: WarmStartRecip
     stages: list[dict[str, Any]] = []
     start_model = base
     if recipe.seeing_steps:
-        seeing_rows = clean_rows
-        if recipe.seeing_bare_answers:
-            seeing_rows = make_dataset([bare_answer_task(c) for c in clean], cfg, "stepwise", seed=recipe.seed)
-        seen = _seeing_stage(sft_cfg, seeing_rows, tasks, recipe, base, cache=cache, work=work,
+        seen = _seeing_stage(sft_cfg, clean, clean_rows, tasks, recipe, base, cache=cache, work=work,
                              callbacks=callbacks)
         stages.append(seen)
         start_model = seen["model"]
