@@ -83,10 +83,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from experiments.micro_learning import compare_methods
+    from arftlib.config import get_config
+    from experiments.micro_learning import compare_methods, default_recipe
 
+    seed = args.seed if args.seed is not None else get_config(args.profile).seed
     res = compare_methods(args.out, kind=args.kind, minutes=args.minutes, methods=args.methods, profile=args.profile,
-                          seed=args.seed, heldout_tasks=args.heldout or None)
+                          seed=args.seed, heldout_tasks=args.heldout or None,
+                          recipe=default_recipe(args.kind, seed, args.seeing_steps))
     print(res["table_md"])
     return 0
 
@@ -214,6 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", default="tiny-cpu")
     p.add_argument("--seed", type=int, default=None, help="data and training seed (default: the profile's)")
     p.add_argument("--heldout", type=int, default=60, help="held-out tasks evaluated before and after (0 = all)")
+    p.add_argument("--seeing-steps", type=int, default=None,
+                   help="warm-start seeing stage (coding only; default: notebook 04's, 150)")
     p.add_argument("--out", required=True, help="output folder (one sub-folder per method, comparison.md/json)")
     p.set_defaults(func=cmd_compare)
 

@@ -258,6 +258,9 @@ MICRO_WORLD: dict[str, dict[str, Any]] = {
         num_generations=8,  # GRPO group size, as the paper
         per_device_train_batch_size=16,  # two groups per step
         learning_rate=5e-4,  # LoRA on a tiny model: large steps
+        temperature=0.6,  # training rollouts sample at 0.6, not 1.0: at 1.0 the warm start's episodes fell apart
+        # (training reward 0.19 vs 0.46 greedy, answered 35 %) and 67 agentic steps took held-out F1 11.67 → 6.67;
+        # at 0.6, the same warm start and data, 80 steps in 8 min: 11.67 → 26.67 (its code learned to run)
         lora_r=16,  # rank 16 on every linear of the language model
         lora_alpha=32,
         lora_target_modules=ALL_LINEAR,

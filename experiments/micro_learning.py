@@ -27,10 +27,22 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["METHODS", "compare_methods", "comparison_table", "evaluate_policy", "micro_learning", "micro_setup",
-           "seeing_check"]
+__all__ = ["METHODS", "compare_methods", "comparison_table", "default_recipe", "evaluate_policy", "micro_learning",
+           "micro_setup", "seeing_check"]
 
 METHODS = ("agentic", "stepwise", "sft")
+SEEING_STEPS = 150  # notebook 04's default seeing stage (bare-word clean answers) before the gold steps
+
+
+def default_recipe(kind: str = "coding", seed: int = 0, seeing_steps: int | None = None) -> Any:
+    """Notebook 04's warm start: `WarmStartRecipe` defaults (150 gold-steps steps, 15 % gold episodes) after a
+    seeing stage of `SEEING_STEPS` bare-word clean answers — none for micro-search, whose images have no clean
+    version. The comparison (`compare_methods`, `python -m arftlib compare`) and `micro_learning` without a recipe
+    start from it, so their "before" is the warm start notebook 04 reports."""
+    from arftlib.train.warmstart import WarmStartRecipe
+
+    steps = SEEING_STEPS if seeing_steps is None else int(seeing_steps)
+    return WarmStartRecipe(seeing_steps=steps if kind == "coding" else 0, seed=int(seed))
 
 
 def micro_setup(out_dir: str | os.PathLike, *, kind: str = "coding", profile: str = "tiny-cpu", n_tasks: int | None = None,
@@ -138,7 +150,7 @@ def micro_learning(out_dir: str | os.PathLike = "runs/tiny-cpu/micro-learning", 
     figures (also in `out_dir/metrics.json`)."""
     from arftlib.models import model_path_for
     from arftlib.train import lora_snapshot, max_abs_diff, train, wall_clock_stop, write_json
-    from arftlib.train.warmstart import WarmStartRecipe, warm_start
+    from arftlib.train.warmstart import warm_start
 
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, not {method!r}")
@@ -149,7 +161,7 @@ def micro_learning(out_dir: str | os.PathLike = "runs/tiny-cpu/micro-learning", 
                                                               seed=seed, data=data, config_overrides=config_overrides)
     if heldout_tasks:
         test_tasks = test_tasks[: int(heldout_tasks)]
-    recipe = recipe or WarmStartRecipe(seed=cfg.seed)
+    recipe = recipe or default_recipe(kind, cfg.seed)
     ws = warm_start(cfg, train_tasks, recipe)
     seeing = seeing_check(cfg, ws["model"], ws["adapter"], test_tasks, out / "seeing_check", kind=kind)
     before = evaluate_policy(cfg, ws["model"], ws["adapter"], test_tasks, out / "eval_before", kind=kind,

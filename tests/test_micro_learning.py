@@ -117,3 +117,19 @@ def test_seeing_stage_rows_are_the_bare_word(tmp_path):
     assert gold_turns(bare_answer_task(clean)) == [f"<answer> {clean.answers[0]} </answer>"]
     assert gold_turns(clean)[0].startswith("<think>")
     assert WarmStartRecipe().seeing_bare_answers is True
+
+
+def test_default_recipe_is_notebook_04s_warm_start():
+    """`compare` and `micro_learning()` without a recipe start from the warm start notebook 04 reports (its
+    SEEING_STEPS / WARM_STEPS / TOOL_EPISODES parameters); micro-search has no clean images, so no seeing stage."""
+    import re
+    from pathlib import Path
+
+    from experiments.micro_learning import default_recipe
+
+    src = (Path(__file__).resolve().parents[1] / "notebooks" / "src" / "04_grpo_training.py").read_text()
+    params = dict(re.findall(r"^(SEEING_STEPS|WARM_STEPS|TOOL_EPISODES) = ([\d.]+)", src, re.M))
+    coding = default_recipe("coding", 0)
+    assert (coding.seeing_steps, coding.steps, coding.tool_episode_fraction) == (
+        int(params["SEEING_STEPS"]), int(params["WARM_STEPS"]), float(params["TOOL_EPISODES"]))
+    assert default_recipe("search", 3).seeing_steps == 0 and default_recipe("search", 3).seed == 3

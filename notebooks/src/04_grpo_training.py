@@ -79,8 +79,9 @@ display(pd.Series(["+".join(t.degradations) or "-" for t in heldout_tasks]).valu
 # ## 1 · Warm start (cold-start SFT on gold steps; cached)
 
 # %%
-recipe = WarmStartRecipe(steps=WARM_STEPS, seeing_steps=SEEING_STEPS, tool_episode_fraction=TOOL_EPISODES,
-                         seed=cfg.seed)
+# micro-search images have no clean version: no seeing stage there
+recipe = WarmStartRecipe(steps=WARM_STEPS, seeing_steps=SEEING_STEPS if KIND == "coding" else 0,
+                         tool_episode_fraction=TOOL_EPISODES, seed=cfg.seed)
 t0 = time.time()
 ws = warm_start(cfg, train_tasks, recipe)
 print(f"warm start {'reused from the cache' if ws['reused'] else 'trained'} in {time.time() - t0:.0f} s: "
@@ -209,7 +210,8 @@ if STEPWISE_MINUTES or STEPWISE_STEPS:
 comparison = None
 comp_dir = Path(COMPARISON_DIR) if COMPARISON_DIR else out_dir / "comparison"
 if RUN_COMPARISON:
-    comparison = compare_methods(comp_dir, kind=KIND, minutes=AGENTIC_MINUTES, profile=cfg.profile, seed=SEED)
+    comparison = compare_methods(comp_dir, kind=KIND, minutes=AGENTIC_MINUTES, profile=cfg.profile, seed=SEED,
+                                 recipe=recipe, data=data_dir, heldout_tasks=HELDOUT)  # this notebook's warm start
 elif (comp_dir / "comparison.json").is_file():
     comparison = json.loads((comp_dir / "comparison.json").read_text())
 if comparison:
