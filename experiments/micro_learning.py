@@ -162,7 +162,7 @@ def micro_learning(out_dir: str | os.PathLike = "runs/tiny-cpu/micro-learning", 
     if heldout_tasks:
         test_tasks = test_tasks[: int(heldout_tasks)]
     recipe = recipe or default_recipe(kind, cfg.seed)
-    ws = warm_start(cfg, train_tasks, recipe)
+    ws = warm_start(cfg, train_tasks, recipe, isolated=True)  # a child process: see warm_start's docstring
     seeing = seeing_check(cfg, ws["model"], ws["adapter"], test_tasks, out / "seeing_check", kind=kind)
     before = evaluate_policy(cfg, ws["model"], ws["adapter"], test_tasks, out / "eval_before", kind=kind,
                              direct_baseline=direct_baseline, n_boot=n_boot)

@@ -14,6 +14,19 @@ import json
 import pytest
 
 
+@pytest.fixture(autouse=True)
+def fresh_warm_start_cache(tmp_path_factory, monkeypatch):
+    """Each test its own empty warm-start cache (the tests assert what is trained and what is reused: a warm start
+    cached by an earlier run of the suite on the same machine made the seeing-stage test fail), sharing the
+    machine's built tiny models and search indexes."""
+    from arftlib.paths import cache_dir
+
+    root = tmp_path_factory.mktemp("arft-cache")
+    for shared in ("tiny-models", "search"):
+        (root / shared).symlink_to(cache_dir(shared), target_is_directory=True)
+    monkeypatch.setenv("ARFT_CACHE_DIR", str(root))
+
+
 @pytest.fixture(scope="module")
 def tiny_budget():
     from arftlib.train.warmstart import WarmStartRecipe

@@ -83,7 +83,7 @@ display(pd.Series(["+".join(t.degradations) or "-" for t in heldout_tasks]).valu
 recipe = WarmStartRecipe(steps=WARM_STEPS, seeing_steps=SEEING_STEPS if KIND == "coding" else 0,
                          tool_episode_fraction=TOOL_EPISODES, seed=cfg.seed)
 t0 = time.time()
-ws = warm_start(cfg, train_tasks, recipe)
+ws = warm_start(cfg, train_tasks, recipe, isolated=True)  # trained in a child process: GRPO here then runs faster
 print(f"warm start {'reused from the cache' if ws['reused'] else 'trained'} in {time.time() - t0:.0f} s: "
       f"{ws['rows']} rows {ws['rows_by_action']}, {ws['steps']} steps, final loss {ws['loss']:.3f} → {ws['model']}")
 for st in ws.get("stages", []):
