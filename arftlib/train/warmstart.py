@@ -92,14 +92,6 @@ def warm_start_key(cfg: "RunConfig", tasks: Sequence["Task"], recipe: WarmStartR
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:20]
 
 
-def cache_marker(cfg: "RunConfig", tasks: Sequence["Task"], recipe: WarmStartRecipe, model: str | None = None) -> Path:
-    """Where the cached warm start of these inputs writes its `MARKER` (present = done)."""
-    from arftlib.models import model_path_for
-    from arftlib.paths import cache_dir
-
-    return cache_dir("warm-starts") / warm_start_key(cfg, tasks, recipe, model_path_for(cfg, model)) / MARKER
-
-
 def bare_answer_task(clean: "Task") -> "Task":
     """A clean-answer task whose gold turn is `<answer> X </answer>` alone, no think before it (the seeing stage's
     `seeing_bare_answers` rows)."""
@@ -181,18 +173,8 @@ def warm_start(cfg: "RunConfig", tasks: Sequence["Task"], recipe: WarmStartRecip
     process that goes on to GRPO after training the warm start itself ran its agentic steps 1.28× slower (median
     per step over the same, seed-identical episodes: notebook 04 in `make reproduce` with the cache empty vs
     `python -m arftlib compare` reusing the cached warm start) — fewer steps in a wall-clock budget."""
-    if isolated:
-        if callbacks:
-            raise ValueError("isolated=True trains in a child process: callbacks cannot go there")
-        key_path = cache_marker(cfg, tasks, recipe, model) if cache else None
-        if key_path is not None and key_path.is_file():
-            return {**json.loads(key_path.read_text(encoding="utf-8")), "reused": True}
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-            return pool.submit(warm_start, cfg, list(tasks), recipe, model=model, cache=cache,
-                               out_dir=out_dir).result()
+    if isolated and callbacks:
+        raise ValueError("isolated=True trains in a child process: callbacks cannot go there")
     from arftlib.models import model_path_for
     from arftlib.paths import cache_dir
     from arftlib.train.datasets import make_dataset
@@ -205,6 +187,13 @@ def warm_start(cfg: "RunConfig", tasks: Sequence["Task"], recipe: WarmStartRecip
     if cache and marker.is_file():
         info = json.loads(marker.read_text(encoding="utf-8"))
         return {**info, "reused": True}
+    if isolated:  # the child finds no cached copy either and trains
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            return pool.submit(warm_start, cfg, list(tasks), recipe, model=model, cache=cache,
+                               out_dir=out_dir).result()
     if recipe.seeing_steps and not recipe.full:
         raise ValueError("seeing_steps needs full=True (the seeing stage fine-tunes the whole model)")
     t0 = time.perf_counter()
