@@ -32,17 +32,19 @@ __all__ = ["METHODS", "compare_methods", "comparison_table", "default_recipe", "
 
 METHODS = ("agentic", "stepwise", "sft")
 SEEING_STEPS = 150  # notebook 04's default seeing stage (bare-word clean answers) before the gold steps
+READING_STEPS = 300  # notebook 04's default reading stage for micro-search (answer steps, names re-drawn every row)
 
 
 def default_recipe(kind: str = "coding", seed: int = 0, seeing_steps: int | None = None) -> Any:
     """Notebook 04's warm start: `WarmStartRecipe` defaults (150 gold-steps steps, 15 % gold episodes) after a
-    seeing stage of `SEEING_STEPS` bare-word clean answers — none for micro-search, whose images have no clean
-    version. The comparison (`compare_methods`, `python -m arftlib compare`) and `micro_learning` without a recipe
+    seeing stage of `SEEING_STEPS` bare-word clean answers (micro-coding) or a reading stage of `READING_STEPS`
+    relabelled answer steps (micro-search, whose images have no clean version). The comparison (`compare_methods`, `python -m arftlib compare`) and `micro_learning` without a recipe
     start from it, so their "before" is the warm start notebook 04 reports."""
     from arftlib.train.warmstart import WarmStartRecipe
 
     steps = SEEING_STEPS if seeing_steps is None else int(seeing_steps)
-    return WarmStartRecipe(seeing_steps=steps if kind == "coding" else 0, seed=int(seed))
+    return WarmStartRecipe(seeing_steps=steps if kind == "coding" else 0,
+                           reading_steps=READING_STEPS if kind == "search" else 0, seed=int(seed))
 
 
 def micro_setup(out_dir: str | os.PathLike, *, kind: str = "coding", profile: str = "tiny-cpu", n_tasks: int | None = None,

@@ -134,15 +134,52 @@ def test_seeing_stage_rows_are_the_bare_word(tmp_path):
 
 def test_default_recipe_is_notebook_04s_warm_start():
     """`compare` and `micro_learning()` without a recipe start from the warm start notebook 04 reports (its
-    SEEING_STEPS / WARM_STEPS / TOOL_EPISODES parameters); micro-search has no clean images, so no seeing stage."""
+    SEEING_STEPS / READING_STEPS / WARM_STEPS / TOOL_EPISODES parameters); micro-search has no clean images, so a
+    reading stage instead of the seeing stage."""
     import re
     from pathlib import Path
 
     from experiments.micro_learning import default_recipe
 
     src = (Path(__file__).resolve().parents[1] / "notebooks" / "src" / "04_grpo_training.py").read_text()
-    params = dict(re.findall(r"^(SEEING_STEPS|WARM_STEPS|TOOL_EPISODES) = ([\d.]+)", src, re.M))
+    params = dict(re.findall(r"^(SEEING_STEPS|READING_STEPS|WARM_STEPS|TOOL_EPISODES) = ([\d.]+)", src, re.M))
     coding = default_recipe("coding", 0)
     assert (coding.seeing_steps, coding.steps, coding.tool_episode_fraction) == (
         int(params["SEEING_STEPS"]), int(params["WARM_STEPS"]), float(params["TOOL_EPISODES"]))
-    assert default_recipe("search", 3).seeing_steps == 0 and default_recipe("search", 3).seed == 3
+    search = default_recipe("search", 3)
+    assert (search.seeing_steps, search.reading_steps, search.seed) == (0, int(params["READING_STEPS"]), 3)
+    assert coding.reading_steps == 0
+
+
+def test_reading_stage_rows_are_answer_steps_with_names_redrawn(tmp_path):
+    """micro-search's reading stage: answer steps only, each row's names swapped consistently (hits, gold answer and
+    answers alike) for other words of the same pools, so memorising a training fact gives the wrong answer."""
+    import re
+
+    from arftlib.config import get_config
+    from arftlib.data import micro_search as MS
+    from arftlib.data.build import build_dataset, load_built
+    from arftlib.train.datasets import make_dataset
+    from arftlib.train.warmstart import WarmStartRecipe, _reading_rows, warm_start_key
+
+    cfg = get_config("tiny-cpu", benchmark="micro-search")
+    tasks = [t for t in load_built(build_dataset("micro-search", 24, 0, tmp_path / "ms")) if t.split == "train"]
+    rows = make_dataset(tasks, cfg, "stepwise", seed=0)
+    recipe = WarmStartRecipe(reading_steps=3, reading_batch_size=8)
+    reading = _reading_rows(rows, recipe)
+    assert len(reading) == 24 and set(reading["gold_action"]) == {"answer_relabelled"}
+    originals = {r["task_id"]: r for r in rows if r["gold_action"] == "answer"}
+    moved = 0
+    for r in reading:
+        answer = r["answers"][0]
+        hits = "".join(b["text"] or "" for m in r["prompt"] for b in m["content"])
+        assert re.search(rf"\b{answer}\b", hits) and f"<answer> {answer} </answer>" in r["solution"]
+        assert answer in MS.TOWN_NAMES + MS.PERSON_NAMES + MS.RIVER_NAMES
+        moved += answer != originals[r["task_id"]]["answers"][0]
+    assert moved >= 20  # a random permutation of the pool: almost every fact is a new one
+    with pytest.raises(ValueError, match="micro-search"):
+        _reading_rows(rows.map(lambda r: {"benchmark": "micro-coding"}), recipe)
+    from arftlib.models import model_path_for
+
+    m = model_path_for(cfg, None)
+    assert warm_start_key(cfg, tasks, WarmStartRecipe(), m) != warm_start_key(cfg, tasks, recipe, m)

@@ -11,22 +11,25 @@ a fact that exists only in this world's corpus:
            <answer>Brask</answer>
 
 So the policy must build its query from what it sees (colour + shape) and the kind named in the question, and
-copy the answer word out of the top hits. Hard items take two hops: the second query is the town found by
+read the answer word in the top hits. Hard items take two hops: the second query is the town found by
 the first ("Brask town") and the question asks the town's ruler or its river.
 
 The world (`World`, deterministic in the build seed): one society per (category, colour, shape); one passage
 per society ("The {colour} {shape} {category} was founded in {Town}. Its leader is {Name}.") and one per town
-("{Town} is a town on the {River} river. It is ruled by {Name}."), short so the answer word is easy to copy
-out of 4 hits. Every name is a generated single word, unique in the world, never a colour, shape or category
-word, so F1 = EM and no answer can be guessed from the image, the question or another split.
+("{Town} is a town on the {River} river. It is ruled by {Name}."), short so the answer word is easy to find
+in 4 hits. Every name is a generated single word from one of three fixed pools (`TOWN_NAMES`, `PERSON_NAMES`,
+`RIVER_NAMES`: the same words in every build, whatever its seed), never a colour, shape or category word, so
+F1 = EM. The seed draws the facts — which town founded each society, who leads it, each town's river and ruler —
+so no answer can be guessed from the image, the question or a training fact: the policy must read it in the
+hits (chance is one over the pool). Why pools: see the comment above `TOWN_NAMES`.
 
 Train/test: test societies are exactly the (colour, shape) combinations that `micro_coding.TEST_COMBOS` holds
-out (each colour and shape occurs in train, in other combinations), with test-only towns and names; question
-wordings are shared by the splits (`TEMPLATES`, one per kind: see the comment there), so the leakage report
-shows shared templates and questions, and zero shared entities. The build (`arftlib.data.build`) runs every gold
+out (each colour and shape occurs in train, in other combinations); towns are shared (a test society was founded
+in a town that training societies were founded in too, so its second hop may be a fact seen in training; its
+first hop never is); question wordings are shared by the splits (`TEMPLATES`, one per kind: see the comment there), so the leakage report
+shows shared templates and questions, and zero shared societies. The build (`arftlib.data.build`) runs every gold
 query on the local BM25 backend and requires its passage in the top `K` (a failure is a `BuildError`: the world
-is regular, so a miss is a bug, not bad luck), and checks that no answer is visible in its question and no test
-answer is a train answer.
+is regular, so a miss is a bug, not bad luck), and checks that no answer is visible in its question.
 
 Left out: emblems with text, more than two hops, questions whose answer is not a single word, distractor
 passages from outside the world, entities that share an emblem.
@@ -34,6 +37,7 @@ passages from outside the world, entities that share an emblem.
 
 from __future__ import annotations
 
+import random
 import re
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -46,7 +50,6 @@ BENCHMARK = "micro-search"
 K = 4  # the reference shows the top 4 search results; every gold query must find its passage among them
 CATEGORIES = ("guild", "clan", "order", "league")  # kinds of society; the question names one
 SPLITS = ("train", "test")
-TOWNS_PER_SOCIETY = 0.5  # towns per society in a split (several societies share a founding town)
 QUESTION_KINDS = {  # kind → hops; 1-hop kinds are "simple", 2-hop kinds "hard"
     "founded": 1, "leader": 1, "ruler": 2, "river": 2,
 }
@@ -67,6 +70,36 @@ _VOWELS = ("a", "e", "i", "o", "u")
 _ENDINGS = ("", "", "n", "r", "l", "s", "th", "sk", "m")
 _RESERVED = {w.lower() for w in (*MC.COLORS, *MC.SHAPES, *MC.SIDES, *CATEGORIES, "town", "river", "emblem", "leader",
                                  "ruled", "founded")}
+
+
+def _name_pools(sizes: Sequence[int], seed: int = 0x5EA4C0) -> list[tuple[str, ...]]:
+    """Disjoint pools of generated names (two syllables + an optional ending: "Brask", "Tolme", "Vireth"), drawn with
+    a FIXED seed: every build of the world, whatever its seed, names its towns, people and rivers from the same
+    words."""
+    rng = np.random.default_rng(seed)
+    used: set[str] = set()
+    pools = []
+    for size in sizes:
+        pool: list[str] = []
+        while len(pool) < size:
+            w = "".join(_ONSETS[int(rng.integers(len(_ONSETS)))] + _VOWELS[int(rng.integers(len(_VOWELS)))]
+                        for _ in range(2)) + _ENDINGS[int(rng.integers(len(_ENDINGS)))]
+            if len(w) >= 4 and w not in used and w not in _RESERVED:
+                used.add(w)
+                pool.append(w.capitalize())
+        pools.append(tuple(pool))
+    return pools
+
+
+# The world's names come from three fixed pools, the same for every build seed; a build seed decides only which
+# town each society was founded in, who leads it, and each town's river and ruler. Why pools and not a fresh name
+# per fact: a from-scratch policy of a few M parameters does not learn to COPY a word it has never produced (600
+# steps of rows whose names were re-drawn every row: held-out 0 %), but it learns in a few hundred steps to PICK
+# the right one of words it has produced from what the hits say (held-out 68 % after 300 steps):
+# `experiments/reading_probe.py`. So every answer is a pool word, and a question is answered by reading the hits,
+# not by memorising: a test society's facts are drawn independently of every training fact (chance = 1 / pool).
+TOWN_NAMES, PERSON_NAMES, RIVER_NAMES = _name_pools((48, 32, 12))  # towns (unique, shared by the splits), leaders
+# and rulers, rivers
 
 
 @dataclass
@@ -104,29 +137,28 @@ class World:
 
     def __post_init__(self) -> None:
         rng = np.random.default_rng([self.seed, 0x5EA4C1])
-        used: set[str] = set()
-
-        def word() -> str:
-            for _ in range(10_000):
-                w = "".join(_ONSETS[int(rng.integers(len(_ONSETS)))] + _VOWELS[int(rng.integers(len(_VOWELS)))]
-                            for _ in range(2)) + _ENDINGS[int(rng.integers(len(_ENDINGS)))]
-                if len(w) >= 4 and w not in used and w not in _RESERVED:
-                    used.add(w)
-                    return w.capitalize()
-            raise RuntimeError("could not draw a fresh name for the micro-search world")
-
+        towns = []
+        for i, name in enumerate(TOWN_NAMES):  # every town of the pool, shared by the splits
+            t = Town(f"town-{i:04d}", "shared", name, RIVER_NAMES[int(rng.integers(len(RIVER_NAMES)))],
+                     PERSON_NAMES[int(rng.integers(len(PERSON_NAMES)))])
+            self.towns[t.id] = t
+            towns.append(t)
         for split in SPLITS:
             combos = MC.split_combos(split)
-            n_soc = len(combos) * len(CATEGORIES)
-            towns = []
-            for _ in range(max(2, int(round(n_soc * TOWNS_PER_SOCIETY)))):
-                t = Town(f"town-{len(self.towns):04d}", split, word(), word(), word())
-                self.towns[t.id] = t
-                towns.append(t)
+            # train societies cover every town first (so every town is a founding town the training split answers
+            # with), then draw at random; a test society's town is drawn among the towns of train societies
+            hosts = list(rng.permutation(len(towns))) if split == "train" else []
+            train_towns = sorted({s.town for s in self.societies.values()})
             for category in CATEGORIES:
                 for color, shape in combos:
-                    s = Society(f"soc-{len(self.societies):04d}", split, category, color, shape,
-                                towns[int(rng.integers(len(towns)))].id, word())
+                    if hosts:
+                        town = towns[int(hosts.pop())].id
+                    elif split == "train":
+                        town = towns[int(rng.integers(len(towns)))].id
+                    else:
+                        town = train_towns[int(rng.integers(len(train_towns)))]
+                    s = Society(f"soc-{len(self.societies):04d}", split, category, color, shape, town,
+                                PERSON_NAMES[int(rng.integers(len(PERSON_NAMES)))])
                     self.societies[s.id] = s
         for s in self.societies.values():
             town = self.towns[s.town].name
@@ -254,28 +286,41 @@ def gold_chain(item: "MicroSearchItem") -> list[dict[str, str]]:
     return steps + [{"action": "answer", "content": item.answers[0], "think": short_think("answer")}]
 
 
+_POOL_PATTERN: re.Pattern | None = None
+
+
+def relabel_names(texts: Sequence[str], rng: "random.Random") -> list[str]:
+    """`texts` with every pool name swapped for another of ITS pool, by one random permutation per pool applied to
+    all the texts alike (so a row stays consistent: the hits, the second query and the answer name the same new
+    town). The warm start's reading stage (`WarmStartRecipe.reading_steps`) trains on answer steps relabelled this
+    way: a policy that memorises "red triangle clan → Brask" from the training facts is wrong on a relabelled
+    row, one that reads the hits is right.
+
+    >>> import random
+    >>> a, b = TOWN_NAMES[:2]
+    >>> out = relabel_names([f"founded in {a}.", f"<answer> {a} </answer>", "no names"], random.Random(0))
+    >>> out[0].split()[-1].rstrip(".") == out[1].split()[1] != a, out[0].split()[-1].rstrip(".") in TOWN_NAMES, out[2]
+    (True, True, 'no names')
+    """
+    global _POOL_PATTERN
+    if _POOL_PATTERN is None:
+        names = sorted((*TOWN_NAMES, *PERSON_NAMES, *RIVER_NAMES), key=len, reverse=True)
+        _POOL_PATTERN = re.compile(r"\b(" + "|".join(map(re.escape, names)) + r")\b")
+    swap: dict[str, str] = {}
+    for pool in (TOWN_NAMES, PERSON_NAMES, RIVER_NAMES):
+        swap.update(zip(pool, rng.sample(pool, len(pool))))
+    return [_POOL_PATTERN.sub(lambda m: swap[m.group(1)], t) for t in texts]
+
+
+TOKENIZER_TEXT = "micro_search_tokenizer_text.json"  # in arftlib/resources
+
+
 def tokenizer_corpus() -> list[str]:
-    """Text of this world for a tokenizer (fixed seed): questions, queries, passages, observations, answers."""
-    from arftlib.turns import gold_turns
-    from arftlib.types import Task
+    """Text of this world for a tokenizer: questions, queries, passages, observations, answers — FROZEN, as the
+    world's first design wrote them (one fresh name per fact). The `seeing` tokenizer trains on it, and every tiny
+    model and cached warm start is keyed on that tokenizer's text (`models.corpus_digest`), so a change to the
+    world's names must not retrain it: the pooled names are tokenized into the same syllable pieces."""
+    import json
+    from importlib import resources
 
-    w = World(0)
-    lines: list[str] = []
-    order = visit_order(w, 0)
-    for spec in plan(16, seed=0, hard_fraction=0.5):  # gold turns as the workbench writes them
-        it = make_item(w, spec, 0, order)
-        chain = gold_chain(it)
-        lines += gold_turns(Task(id=str(spec["index"]), question=it.question, images=[], answers=it.answers,
-                                 kind="search", gold_chain=chain))
-    for t in TEMPLATES.values():
-        lines += [t.format(category=c) for c in CATEGORIES]
-    for s in list(w.societies.values())[:: max(1, len(w.societies) // 24)]:
-        t = w.towns[s.town]
-        lines += [f"<search>{query_for(s)}</search>", f"<search>{town_query(t)}</search>",
-                  f"<answer>{s.leader}</answer>", f"<answer>{t.name}</answer>"]
-    from arftlib.prompts import render_search_hits
-
-    hits = [p["text"] for p in w.passages]
-    for j in range(0, 48, K):  # observations as the environment renders them
-        lines.append(render_search_hits(hits[j:j + K], K))
-    return lines
+    return json.loads(resources.files("arftlib").joinpath("resources", TOKENIZER_TEXT).read_text(encoding="utf-8"))

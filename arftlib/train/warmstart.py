@@ -61,11 +61,20 @@ class WarmStartRecipe:
     # (a think there slows learning to see several times: `experiments/micro_probe.py --answer-form`); the gold-steps
     # stage then teaches the think-first format. Measured (150 seeing steps, 136 s): clean colour 57 % bare vs one
     # answer per type with the think; 60 % still after the 150 gold-steps steps
+    reading_steps: int = 0  # micro-search: a first stage of this many steps on the answer steps ALONE (question, gold
+    # searches and their hits → the answer), each row's names re-drawn from the world's pools
+    # (`micro_search.relabel_names`): only reading the hits answers such a row — memorising the training facts, which
+    # the gold-steps stage alone invites (the answer step of `experiments/reading_probe.py --names fixed`: train 100 %,
+    # held-out 0 %), does not
+    reading_batch_size: int = 32  # rows per step of the reading stage
     row_mean_loss: bool = False  # True: every row weighs the same in the loss (`train.sft.row_mean_nll`); False: TRL's
     # mean over all completion tokens, where a clean answer row counts ~1/5 of a code row. Measured (micro-coding seed 0,
     # 60 held-out): True left the 150-step warm start as blind (one answer per type) and moved F1 20.0 → 26.7 (noise)
     full: bool = True  # full fine-tuning (a random tiny model cannot learn through LoRA alone); False = LoRA
     seed: int = 0  # which tasks show their tool steps, and the SFT data order
+
+
+_LATER_FIELDS = {"reading_steps": 0, "reading_batch_size": 32}  # recipe fields added after key version 1: default
 
 
 def _task_digest(tasks: Sequence["Task"]) -> str:
@@ -87,7 +96,9 @@ def warm_start_key(cfg: "RunConfig", tasks: Sequence["Task"], recipe: WarmStartR
     fields = {k: getattr(cfg, k) for k in ("protocol", "prompt_style", "tool_format", "image_size", "min_pixels",
                                            "max_pixels", "max_turns", "search_k", "torch_dtype", "lora_r",
                                            "lora_alpha", "lora_target_modules")}
-    blob = json.dumps({"recipe": dataclasses.asdict(recipe), "fields": fields, "tasks": _task_digest(tasks),
+    spec = {k: v for k, v in dataclasses.asdict(recipe).items()  # fields added later enter the key only when set,
+            if not (k in _LATER_FIELDS and v == _LATER_FIELDS[k])}  # so every warm start cached before stays valid
+    blob = json.dumps({"recipe": spec, "fields": fields, "tasks": _task_digest(tasks),
                        "model": weights_digest(model_path), "version": 1}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:20]
 
@@ -121,6 +132,35 @@ def _select(ds: Any, recipe: WarmStartRecipe) -> Any:
     if not keep:
         raise ValueError("the warm-start recipe keeps no row (no answer steps and no tool episodes)")
     return ds.select(keep)
+
+
+def _reading_rows(all_rows: Any, recipe: WarmStartRecipe) -> Any:
+    """`recipe.reading_steps × reading_batch_size` answer-step rows drawn from `all_rows` (every task's), each
+    relabelled with its own random name permutation (`micro_search.relabel_names`) over its prompt's texts, its
+    gold step and its answers."""
+    from arftlib.data.micro_search import BENCHMARK, relabel_names
+
+    answers = [i for i, a in enumerate(all_rows["gold_action"]) if a == "answer"]
+    others = sorted({b for b in all_rows["benchmark"] if b != BENCHMARK})
+    if others or not answers:
+        raise ValueError(f"reading_steps needs micro-search tasks (their names come from its pools), not {others or 'none'}")
+    rng = random.Random(recipe.seed)
+    idx: list[int] = []
+    while len(idx) < recipe.reading_steps * recipe.reading_batch_size:  # every answer step once per pass
+        idx += rng.sample(answers, len(answers))
+    idx = idx[: recipe.reading_steps * recipe.reading_batch_size]
+
+    def relabel(row: dict[str, Any], i: int) -> dict[str, Any]:
+        blocks = [(m, j) for m in row["prompt"] for j, b in enumerate(m["content"]) if b.get("text") is not None]
+        texts = [m["content"][j]["text"] for m, j in blocks] + [row["solution"], row["task"], *row["answers"]]
+        new = relabel_names(texts, random.Random(recipe.seed * 1_000_003 + i))
+        for (m, j), t in zip(blocks, new):
+            m["content"][j]["text"] = t
+        k = len(blocks)
+        return {"prompt": row["prompt"], "solution": new[k], "task": new[k + 1], "answers": new[k + 2:],
+                "gold_action": "answer_relabelled"}
+
+    return all_rows.select(idx).map(relabel, with_indices=True, desc="reading rows (names re-drawn)")
 
 
 def _publish(src: str | os.PathLike, final: Path) -> None:
@@ -194,10 +234,11 @@ def warm_start(cfg: "RunConfig", tasks: Sequence["Task"], recipe: WarmStartRecip
         with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
             return pool.submit(warm_start, cfg, list(tasks), recipe, model=model, cache=cache,
                                out_dir=out_dir).result()
-    if recipe.seeing_steps and not recipe.full:
-        raise ValueError("seeing_steps needs full=True (the seeing stage fine-tunes the whole model)")
+    if (recipe.seeing_steps or recipe.reading_steps) and not recipe.full:
+        raise ValueError("seeing_steps / reading_steps need full=True (those stages fine-tune the whole model)")
     t0 = time.perf_counter()
-    rows = _select(make_dataset(list(tasks), cfg, "stepwise", seed=recipe.seed), recipe)
+    all_rows = make_dataset(list(tasks), cfg, "stepwise", seed=recipe.seed)
+    rows = _select(all_rows, recipe)
     clean_rows = None
     if recipe.clean_answers or recipe.seeing_steps:
         clean = [c for c in (clean_answer_task(t) for t in tasks) if c is not None]
@@ -223,6 +264,14 @@ def warm_start(cfg: "RunConfig", tasks: Sequence["Task"], recipe: WarmStartRecip
                              callbacks=callbacks)
         stages.append(seen)
         start_model = seen["model"]
+    if recipe.reading_steps:
+        reading = _reading_rows(all_rows, recipe)
+        res = sft_warm_start(sft_cfg, reading, work / "reading", max_steps=recipe.reading_steps,
+                             learning_rate=recipe.learning_rate, batch_size=recipe.reading_batch_size,
+                             model=start_model, full=True, callbacks=callbacks)
+        stages.append({"stage": "reading", "rows": len(reading), "steps": res["steps"], "seconds": res["seconds"],
+                       "loss": res["loss"], "loss_curve": res["loss_curve"]})
+        start_model = res["model"]
     result = sft_warm_start(sft_cfg, rows, work, max_steps=recipe.steps, learning_rate=recipe.learning_rate,
                             batch_size=recipe.batch_size, model=start_model, full=recipe.full, callbacks=callbacks,
                             row_mean_loss=recipe.row_mean_loss)

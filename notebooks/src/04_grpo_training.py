@@ -31,6 +31,8 @@ N_TASKS = 0  # tasks in the micro build (80 % train, 20 % held out); 0: the prof
 HELDOUT = 60  # held-out tasks evaluated before and after
 SEEING_STEPS = 150  # warm-start stage 1: steps on clean-image answers alone, the bare word (learning to see; cached
 # on its own; ~2.3 min); 0 skips it — then the warm start answers one word per question type (README "Learning on CPU")
+READING_STEPS = 300  # warm-start stage 1 for KIND="search": answer steps alone, each row's names re-drawn from the
+# world's pools, so only reading the hits answers them (memorising the training facts does not); 0 skips it
 WARM_STEPS = 150  # warm-start stage 2: supervised steps on gold steps (cached: the same settings are reused)
 TOOL_EPISODES = 0.15  # share of training tasks whose whole gold episode the warm start shows
 AGENTIC_MINUTES = 8.0  # wall clock of agentic GRPO
@@ -79,8 +81,9 @@ display(pd.Series(["+".join(t.degradations) or "-" for t in heldout_tasks]).valu
 # ## 1 · Warm start (cold-start SFT on gold steps; cached)
 
 # %%
-# micro-search images have no clean version: no seeing stage there
+# micro-search images have no clean version: no seeing stage there, a reading stage instead
 recipe = WarmStartRecipe(steps=WARM_STEPS, seeing_steps=SEEING_STEPS if KIND == "coding" else 0,
+                         reading_steps=READING_STEPS if KIND == "search" else 0,
                          tool_episode_fraction=TOOL_EPISODES, seed=cfg.seed)
 t0 = time.time()
 ws = warm_start(cfg, train_tasks, recipe, isolated=True)  # trained in a child process: GRPO here then runs faster
