@@ -201,7 +201,7 @@ def test_micro_search_every_gold_query_retrieves_and_answer_is_copyable(search_b
         assert len(queries) == t.metadata["hops"] == len(t.metadata["needed_passages"]) in (1, 2)
         hops_seen.add(len(queries))
         v = t.metadata["visual"]
-        assert queries[0] == f"{v['color']} {v['shape']} {v['category']}"
+        assert queries[0] == f"{v['color']} {v['category']}"
         for q, pid in zip(queries, t.metadata["needed_passages"]):
             hits = search.search(q, k=MS.K)
             assert pid in [h.id for h in hits], (t.id, q)
@@ -214,15 +214,17 @@ def test_micro_search_every_gold_query_retrieves_and_answer_is_copyable(search_b
 
 
 def test_micro_search_test_split_is_new_societies_answered_from_the_pools(search_build):
-    """Held-out societies are new colour × shape combinations; every answer is a word of the fixed name pools (a
+    """Held-out societies are new colour × category pairings; every answer is a word of the fixed name pools (a
     word the policy can have produced in training), and which one is a fact drawn per build seed."""
     tasks = load_built(search_build)
     train = [t for t in tasks if t.split == "train"]
     test = [t for t in tasks if t.split == "test"]
     assert train and test
-    combo = lambda t: (t.metadata["visual"]["color"], t.metadata["visual"]["shape"])  # noqa: E731
-    assert {combo(t) for t in test} <= set(MC.TEST_COMBOS)
-    assert not {combo(t) for t in train} & set(MC.TEST_COMBOS)
+    pair = lambda t: (t.metadata["visual"]["color"], t.metadata["visual"]["category"])  # noqa: E731
+    assert {pair(t) for t in test} <= set(MS.TEST_PAIRS) and len(MS.TEST_PAIRS) == len(MC.COLORS)
+    assert not {pair(t) for t in train} & set(MS.TEST_PAIRS)
+    assert {c for c, _ in MS.TEST_PAIRS} == {c for c, _ in MS.split_pairs("train")}  # every colour trained
+    assert {k for _, k in MS.TEST_PAIRS} <= {k for _, k in MS.split_pairs("train")}  # every category too
     assert not {t.metadata["needed_passages"][0] for t in test} & {t.metadata["needed_passages"][0] for t in train}
     train_answers = {t.answers[0] for t in train}
     pools = set(MS.TOWN_NAMES) | set(MS.PERSON_NAMES) | set(MS.RIVER_NAMES)

@@ -528,8 +528,8 @@ def _build_micro_search(n: int, seed: int, out: Path, *, test_fraction: float, h
         "corpora": {"fictional": {"path": "corpus.jsonl", "passages": len(world.passages),
                                   "societies": len(world.societies), "towns": len(world.towns),
                                   "licence": LICENCES["fictional"]}},
-        "world": {"categories": list(MS.CATEGORIES), "test_combos": [f"{c} {s}" for c, s in MS.MC.TEST_COMBOS],
-                  "templates": MS.TEMPLATES, "query_template": "{color} {shape} {category}",
+        "world": {"categories": list(MS.CATEGORIES), "test_pairs": [f"{c} {k}" for c, k in MS.TEST_PAIRS],
+                  "templates": MS.TEMPLATES, "query_template": "{color} {category}",
                   "leakage_note": "one wording per question kind, shared by train and test on purpose (see "
                                   "arftlib.data.micro_search.TEMPLATES); societies are split-disjoint; towns and names "
                                   "are shared (fixed pools: answers are words the training split answers with, the "

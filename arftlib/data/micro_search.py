@@ -1,21 +1,21 @@
 """`micro-search`: a fictional world whose entities an image identifies by what it SHOWS, not by a name.
 
-Why it exists: a few-million-parameter policy cannot read, but it can learn to see a colour and a shape
+Why it exists: a few-million-parameter policy cannot read, but it can learn to see a colour
 (`arftlib.data.micro_coding`). Here each entity of a seeded fictional world is a society of some `CATEGORIES`
-kind (a guild, a clan, …) whose emblem is a coloured shape — "the red triangle guild". The image shows only
-the emblem (the same flat-shape renderer as `micro-coding`); the question names the kind of society and asks
-a fact that exists only in this world's corpus:
+kind (a guild, a clan, …) known by its emblem's colour — "the red guild". The image shows only the emblem, a
+coloured shape (the same flat-shape renderer as `micro-coding`; the shape is the society's, but no text names it);
+the question names the kind of society and asks a fact that exists only in this world's corpus:
 
     image: a red triangle      question: "In which town was the guild with this emblem founded?"
-    gold:  <search>red triangle guild</search>  → passage "The red triangle guild was founded in Brask. …"
-           <answer>Brask</answer>
+    gold:  <search>red guild</search>  → passage "The red guild was founded in Nele. …"
+           <answer>Nele</answer>
 
-So the policy must build its query from what it sees (colour + shape) and the kind named in the question, and
+So the policy must build its query from what it sees (the colour) and the kind named in the question, and
 read the answer word in the top hits. Hard items take two hops: the second query is the town found by
-the first ("Brask town") and the question asks the town's ruler or its river.
+the first ("Nele town") and the question asks the town's ruler or its river.
 
-The world (`World`, deterministic in the build seed): one society per (category, colour, shape); one passage
-per society ("The {colour} {shape} {category} was founded in {Town}. Its leader is {Name}.") and one per town
+The world (`World`, deterministic in the build seed): one society per (colour, category), 24 in all; one passage
+per society ("The {colour} {category} was founded in {Town}. Its leader is {Name}.") and one per town
 ("{Town} is a town on the {River} river. It is ruled by {Name}."), short so the answer word is easy to find
 in 4 hits. Every name is a generated single word from one of three fixed pools (`TOWN_NAMES`, `PERSON_NAMES`,
 `RIVER_NAMES`: the same words in every build, whatever its seed), never a colour, shape or category word, so
@@ -23,8 +23,8 @@ F1 = EM. The seed draws the facts — which town founded each society, who leads
 so no answer can be guessed from the image, the question or a training fact: the policy must read it in the
 hits (chance is one over the pool). Why pools: see the comment above `TOWN_NAMES`.
 
-Train/test: test societies are exactly the (colour, shape) combinations that `micro_coding.TEST_COMBOS` holds
-out (each colour and shape occurs in train, in other combinations); towns are shared (a test society was founded
+Train/test: test societies are exactly the (colour, category) pairings `TEST_PAIRS` holds out, one per colour
+(each colour and each category occurs in train, in other pairings); towns are shared (a test society was founded
 in a town that training societies were founded in too, so its second hop may be a fact seen in training; its
 first hop never is); question wordings are shared by the splits (`TEMPLATES`, one per kind: see the comment there), so the leakage report
 shows shared templates and questions, and zero shared societies. The build (`arftlib.data.build`) runs every gold
@@ -98,8 +98,23 @@ def _name_pools(sizes: Sequence[int], seed: int = 0x5EA4C0) -> list[tuple[str, .
 # the right one of words it has produced from what the hits say (held-out 68 % after 300 steps):
 # `experiments/reading_probe.py`. So every answer is a pool word, and a question is answered by reading the hits,
 # not by memorising: a test society's facts are drawn independently of every training fact (chance = 1 / pool).
-TOWN_NAMES, PERSON_NAMES, RIVER_NAMES = _name_pools((48, 32, 12))  # towns (unique, shared by the splits), leaders
+TOWN_NAMES, PERSON_NAMES, RIVER_NAMES = _name_pools((16, 32, 12))  # towns (unique, shared by the splits), leaders
 # and rulers, rivers
+
+
+# Held-out societies: one (colour, category) pairing per colour that training never shows (each colour and each
+# category occurs in training, in other pairings), so a held-out query composes the colour the policy SEES with
+# the category the question NAMES. Why not colour × shape (the world's first design): the policy never learned to
+# see shape (coding probes: chance after 550 steps), and with shape in the name its held-out first query was right
+# in 0 of 60 episodes (colour right in 58, category in 60), so no held-out answer could be found.
+TEST_PAIRS = tuple((c, CATEGORIES[i % len(CATEGORIES)]) for i, c in enumerate(MC.COLORS))
+
+
+def split_pairs(split: str) -> list[tuple[str, str]]:
+    """The (colour, category) pairs of `split`'s societies."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    return [(c, k) for c in MC.COLORS for k in CATEGORIES if ((c, k) in TEST_PAIRS) == (split == "test")]
 
 
 @dataclass
@@ -108,13 +123,13 @@ class Society:
     split: str
     category: str
     color: str
-    shape: str
+    shape: str  # the emblem's drawn shape (a decoration: not in the name, the query or any passage)
     town: str  # id of the founding town
     leader: str  # a generated name
 
     @property
     def name(self) -> str:
-        return f"{self.color} {self.shape} {self.category}"
+        return f"{self.color} {self.category}"
 
 
 @dataclass
@@ -144,22 +159,22 @@ class World:
             self.towns[t.id] = t
             towns.append(t)
         for split in SPLITS:
-            combos = MC.split_combos(split)
+            pairs = split_pairs(split)
             # train societies cover every town first (so every town is a founding town the training split answers
             # with), then draw at random; a test society's town is drawn among the towns of train societies
             hosts = list(rng.permutation(len(towns))) if split == "train" else []
             train_towns = sorted({s.town for s in self.societies.values()})
-            for category in CATEGORIES:
-                for color, shape in combos:
-                    if hosts:
-                        town = towns[int(hosts.pop())].id
-                    elif split == "train":
-                        town = towns[int(rng.integers(len(towns)))].id
-                    else:
-                        town = train_towns[int(rng.integers(len(train_towns)))]
-                    s = Society(f"soc-{len(self.societies):04d}", split, category, color, shape, town,
-                                PERSON_NAMES[int(rng.integers(len(PERSON_NAMES)))])
-                    self.societies[s.id] = s
+            for color, category in pairs:
+                shape = MC.SHAPES[int(rng.integers(len(MC.SHAPES)))]
+                if hosts:
+                    town = towns[int(hosts.pop())].id
+                elif split == "train":
+                    town = towns[int(rng.integers(len(towns)))].id
+                else:
+                    town = train_towns[int(rng.integers(len(train_towns)))]
+                s = Society(f"soc-{len(self.societies):04d}", split, category, color, shape, town,
+                            PERSON_NAMES[int(rng.integers(len(PERSON_NAMES)))])
+                self.societies[s.id] = s
         for s in self.societies.values():
             town = self.towns[s.town].name
             text = [f"The {s.name} was founded in {town}. Its leader is {s.leader}.",
@@ -176,7 +191,7 @@ class World:
 
 def query_for(society: Society) -> str:
     """The gold first-hop query: what the image shows plus the kind the question names."""
-    return f"{society.color} {society.shape} {society.category}"
+    return f"{society.color} {society.category}"
 
 
 def town_query(town: Town) -> str:
