@@ -31,8 +31,8 @@ N_TASKS = 0  # tasks in the micro build (80 % train, 20 % held out); 0: the prof
 HELDOUT = 60  # held-out tasks evaluated before and after
 SEEING_STEPS = 150  # warm-start stage 1: steps on clean-image answers alone, the bare word (learning to see; cached
 # on its own; ~2.3 min); 0 skips it — then the warm start answers one word per question type (README "Learning on CPU")
-READING_STEPS = 300  # warm-start stage 1 for KIND="search": answer steps alone, each row's names re-drawn from the
-# world's pools, so only reading the hits answers them (memorising the training facts does not); 0 skips it
+READING_STEPS = 300  # warm-start stage 1 when KIND is search: answer steps alone, the names of each row re-drawn
+# from the pools of the world, so only reading the hits answers them (memorising the training facts does not); 0 skips
 WARM_STEPS = 150  # warm-start stage 2: supervised steps on gold steps (cached: the same settings are reused)
 TOOL_EPISODES = 0.15  # share of training tasks whose whole gold episode the warm start shows
 AGENTIC_MINUTES = 8.0  # wall clock of agentic GRPO
