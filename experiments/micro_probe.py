@@ -16,9 +16,10 @@ What it measures
   Chance is 1 / number of possible answers of the type. A pairing is useful when `<label>` is near chance
   (or below: flipped answers) and `fixed` is near `clean`.
 - `search`: builds a `micro-search` set and trains, in one mixed supervised run, the two skills an episode needs:
-    query   image + question → the gold first query ("red triangle guild"), held-out: combinations never seen;
+    query   image + question → the gold first query ("red guild"), held-out: colour × kind pairings never seen;
     copy    image + question + the `<information>` blocks of the gold queries' top-4 hits → the answer word
-            (held-out answers are words never seen in training, so only copying works);
+            (answers are pool words; which one is a fact of a held-out society: only reading works;
+            `experiments/reading_probe.py` isolates this step);
   and reports exact-match accuracy of both on the held-out split after `--minutes`, plus the direct-answer
   baseline (image + question → answer, no hits) that the same run also trains.
 
