@@ -56,13 +56,10 @@ MAX_NEW_TOKENS = 12  # "<answer> Name </answer>" with a name of up to ~4 pieces
 
 
 def fresh_name(rng: random.Random) -> str:
-    """A name as the micro-search world draws one (two syllables + an optional ending), from `rng`."""
+    """A name as the micro-search world draws one (`micro_search.draw_name`), from `rng`."""
     from arftlib.data import micro_search as MS
 
-    while True:
-        w = "".join(rng.choice(MS._ONSETS) + rng.choice(MS._VOWELS) for _ in range(2)) + rng.choice(MS._ENDINGS)
-        if len(w) >= 4 and w.lower() not in MS._RESERVED:
-            return w.capitalize()
+    return MS.draw_name(rng.choice)
 
 
 def name_pattern(world: Any) -> re.Pattern:

@@ -26,8 +26,8 @@ hits (chance is one over the pool). Why pools: see the comment above `TOWN_NAMES
 Train/test: test societies are exactly the (colour, category) pairings `TEST_PAIRS` holds out, one per colour
 (each colour and each category occurs in train, in other pairings); towns are shared (a test society was founded
 in a town that training societies were founded in too, so its second hop may be a fact seen in training; its
-first hop never is); question wordings are shared by the splits (`TEMPLATES`, one per kind: see the comment there), so the leakage report
-shows shared templates and questions, and zero shared societies. The build (`arftlib.data.build`) runs every gold
+first hop never is); question wordings are shared by the splits (`TEMPLATES`, one per kind: see the comment
+there), so the leakage report shows shared templates and questions, and zero shared societies. The build (`arftlib.data.build`) runs every gold
 query on the local BM25 backend and requires its passage in the top `K` (a failure is a `BuildError`: the world
 is regular, so a miss is a bug, not bad luck), and checks that no answer is visible in its question.
 
@@ -40,7 +40,7 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -72,6 +72,15 @@ _RESERVED = {w.lower() for w in (*MC.COLORS, *MC.SHAPES, *MC.SIDES, *CATEGORIES,
                                  "ruled", "founded")}
 
 
+def draw_name(choose: Callable[[Sequence[str]], str]) -> str:
+    """A generated name (two syllables + an optional ending, at least 4 letters, never a reserved word), each part
+    picked by `choose` (e.g. `random.Random(0).choice`)."""
+    while True:
+        w = "".join(choose(_ONSETS) + choose(_VOWELS) for _ in range(2)) + choose(_ENDINGS)
+        if len(w) >= 4 and w not in _RESERVED:
+            return w.capitalize()
+
+
 def _name_pools(sizes: Sequence[int], seed: int = 0x5EA4C0) -> list[tuple[str, ...]]:
     """Disjoint pools of generated names (two syllables + an optional ending: "Brask", "Tolme", "Vireth"), drawn with
     a FIXED seed: every build of the world, whatever its seed, names its towns, people and rivers from the same
@@ -82,11 +91,10 @@ def _name_pools(sizes: Sequence[int], seed: int = 0x5EA4C0) -> list[tuple[str, .
     for size in sizes:
         pool: list[str] = []
         while len(pool) < size:
-            w = "".join(_ONSETS[int(rng.integers(len(_ONSETS)))] + _VOWELS[int(rng.integers(len(_VOWELS)))]
-                        for _ in range(2)) + _ENDINGS[int(rng.integers(len(_ENDINGS)))]
-            if len(w) >= 4 and w not in used and w not in _RESERVED:
+            w = draw_name(lambda seq: seq[int(rng.integers(len(seq)))])
+            if w not in used:
                 used.add(w)
-                pool.append(w.capitalize())
+                pool.append(w)
         pools.append(tuple(pool))
     return pools
 
