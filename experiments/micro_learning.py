@@ -11,7 +11,9 @@ tools ("before") → GRPO → the same held-out episodes again ("after").
    scorer (F1/EM) and the agentic rubric (reward per component); plus the direct-answer baseline (no tools).
 4. Training from the warm start for `minutes` of wall clock (or `steps`): `agentic` = GRPO on live episodes
    (TRL's tool loop, `environment_factory`); `stepwise` = the paper's GRPO on single gold-prefixed steps (the
-   step rows are prefixes of the same episodes); `sft` = more supervised steps on the full gold episodes.
+   step rows are prefixes of the same episodes); `sft` = more supervised steps on the full gold episodes. For
+   micro-search every method trains on other worlds' train splits (`fresh_world_tasks`, `FRESH_WORLDS`): the warm
+   start memorised its own world's facts, so most of its groups there agree (nothing for GRPO to learn from).
 5. "after": the same held-out episodes, same seed and sampling, with what step 4 trained.
 
 Everything lands in `out_dir` (metrics.json, the runs' trajectories, evaluation folders) and is returned. The CLI
@@ -20,6 +22,7 @@ Everything lands in `out_dir` (metrics.json, the runs' trajectories, evaluation 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -27,12 +30,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["METHODS", "compare_methods", "comparison_table", "default_recipe", "evaluate_policy", "micro_learning",
-           "micro_setup", "seeing_check"]
+__all__ = ["FRESH_WORLDS", "METHODS", "compare_methods", "comparison_table", "default_recipe", "evaluate_policy",
+           "fresh_world_tasks", "micro_learning", "micro_setup", "seeing_check"]
 
 METHODS = ("agentic", "stepwise", "sft")
 SEEING_STEPS = 150  # notebook 04's default seeing stage (bare-word clean answers) before the gold steps
 READING_STEPS = 300  # notebook 04's default reading stage for micro-search (answer steps, names re-drawn every row)
+FRESH_WORLDS = 2  # micro-search: GRPO (and every method compared) trains on this many other worlds' train splits
 
 
 def default_recipe(kind: str = "coding", seed: int = 0, seeing_steps: int | None = None) -> Any:
@@ -146,10 +150,12 @@ def micro_learning(out_dir: str | os.PathLike = "runs/tiny-cpu/micro-learning", 
                    heldout_tasks: int | None = None, seed: int | None = None, minutes: float | None = None,
                    steps: int | None = None, recipe: Any = None, data: str | os.PathLike | None = None,
                    config_overrides: Mapping[str, Any] | None = None, direct_baseline: bool = True,
-                   n_boot: int = 1000) -> dict[str, Any]:
+                   n_boot: int = 1000, fresh_worlds: int | None = None) -> dict[str, Any]:
     """Warm start → before → train (`method`) → after (see the module docstring). Training stops after `minutes`
     of wall clock or `steps` optimizer steps, whichever comes first (at least one must be given). Returns the
-    figures (also in `out_dir/metrics.json`)."""
+    figures (also in `out_dir/metrics.json`). `fresh_worlds` (micro-search; default `FRESH_WORLDS`, 0 for coding): the
+    method trains on the train splits of that many other worlds (`fresh_world_tasks`) instead of the warm start's
+    own, whose facts the warm start memorised (on its own world GRPO saw 60–96 % zero-variance groups)."""
     from arftlib.models import model_path_for
     from arftlib.train import lora_snapshot, max_abs_diff, train, wall_clock_stop, write_json
     from arftlib.train.warmstart import warm_start
@@ -161,6 +167,7 @@ def micro_learning(out_dir: str | os.PathLike = "runs/tiny-cpu/micro-learning", 
     t_start = time.perf_counter()
     out, cfg, train_tasks, test_tasks, data_dir = micro_setup(out_dir, kind=kind, profile=profile, n_tasks=n_tasks,
                                                               seed=seed, data=data, config_overrides=config_overrides)
+    n_build = len(train_tasks) + len(test_tasks)
     if heldout_tasks:
         test_tasks = test_tasks[: int(heldout_tasks)]
     recipe = recipe or default_recipe(kind, cfg.seed)
@@ -172,13 +179,17 @@ def micro_learning(out_dir: str | os.PathLike = "runs/tiny-cpu/micro-learning", 
     snap = lora_snapshot() if cfg.finetune == "lora" else None
     callbacks = [c for c in (snap, wall_clock_stop(minutes) if minutes else None) if c is not None]
     max_steps = int(steps) if steps else 100_000
+    if fresh_worlds is None:
+        fresh_worlds = FRESH_WORLDS if kind == "search" else 0
+    rl_tasks = fresh_world_tasks(out / "data", kind, n_build, cfg.seed, fresh_worlds) \
+        if fresh_worlds else train_tasks
     t0 = time.perf_counter()
     if method == "sft":
         from arftlib.train.warmstart import WarmStartRecipe as R
 
         more = R(steps=max_steps, learning_rate=recipe.learning_rate, batch_size=recipe.batch_size,
                  tool_episode_fraction=1.0, full=recipe.full, seed=recipe.seed + 1)  # every gold episode
-        run_res = warm_start(cfg, train_tasks, more, model=ws["model"], cache=False, out_dir=out / "sft_more",
+        run_res = warm_start(cfg, rl_tasks, more, model=ws["model"], cache=False, out_dir=out / "sft_more",
                              callbacks=[wall_clock_stop(minutes)] if minutes else [])
         trained_model, trained_adapter = run_res["model"], run_res["adapter"]
         run = {"steps": run_res["steps"], "s_per_step": run_res["sft_seconds"] / max(1, run_res["steps"]),
@@ -187,7 +198,7 @@ def micro_learning(out_dir: str | os.PathLike = "runs/tiny-cpu/micro-learning", 
         changed = bool(diff > 0)
     else:
         run = train(cfg, method, model=ws["model"], out_dir=out / method, max_steps=max_steps, kind=kind,
-                    tasks=(train_tasks, test_tasks), callbacks=callbacks)
+                    tasks=(rl_tasks, test_tasks), callbacks=callbacks)
         trained_model, trained_adapter = ws["model"], run["final_dir"]
         if cfg.finetune != "lora":
             trained_model, trained_adapter = run["final_dir"], None
@@ -200,6 +211,7 @@ def micro_learning(out_dir: str | os.PathLike = "runs/tiny-cpu/micro-learning", 
     result = {
         "kind": kind, "method": method, "profile": cfg.profile, "data": str(data_dir),
         "n_train_tasks": len(train_tasks), "n_heldout_tasks": len(test_tasks),
+        "fresh_worlds": fresh_worlds, "n_rl_tasks": len(rl_tasks),
         "warm_start_dir": ws["model"], "warm_start": {k: v for k, v in ws.items() if k != "loss_curve"},
         "adapter_dir": trained_adapter, "trained_model_dir": trained_model,
         "heldout_f1_before": before["f1"], "heldout_f1_after": after["f1"],
@@ -219,6 +231,25 @@ def micro_learning(out_dir: str | os.PathLike = "runs/tiny-cpu/micro-learning", 
     }
     write_json(out / "metrics.json", result)
     return result
+
+
+def fresh_world_tasks(data_root: str | os.PathLike, kind: str, n_tasks: int, seed: int, worlds: int) -> list[Any]:
+    """The train splits of `worlds` other micro-search builds (seeds `seed + 1000 + i`): the same societies, towns
+    and questions with other facts, so a fact memorised from the warm start's world does not answer them — only
+    reading the hits does. Built under `data_root` (cached there). micro-search only: a micro-coding world has no
+    facts to memorise."""
+    from arftlib.data.build import build_dataset, load_built
+
+    if kind != "search":
+        raise ValueError("fresh worlds are a micro-search setting (other facts); micro-coding has none")
+    out: list[Any] = []
+    for i in range(int(worlds)):
+        s = int(seed) + 1000 + i
+        folder = Path(data_root) / f"micro-search-world-{s}"
+        if not (folder / "tasks.jsonl").is_file():
+            build_dataset("micro-search", int(n_tasks), s, folder, overwrite=True)
+        out.extend(dataclasses.replace(t, id=f"w{s}-{t.id}") for t in load_built(folder) if t.split != "test")
+    return out
 
 
 def _weights_diff(a: str, b: str) -> float:

@@ -183,3 +183,26 @@ def test_reading_stage_rows_are_answer_steps_with_names_redrawn(tmp_path):
 
     m = model_path_for(cfg, None)
     assert warm_start_key(cfg, tasks, WarmStartRecipe(), m) != warm_start_key(cfg, tasks, recipe, m)
+
+
+def test_fresh_worlds_are_other_facts_about_the_same_training_societies(tmp_path):
+    """micro_learning(fresh_worlds=k) trains GRPO on other worlds' TRAIN splits: the training societies asked the
+    same kinds of question, but with facts of another seed (so a fact memorised in the warm start's world is wrong
+    there), each task searching its own world's corpus, ids made unique; micro-coding refuses it."""
+    import collections
+
+    from arftlib.data.build import build_dataset, load_built
+    from experiments.micro_learning import fresh_world_tasks
+
+    own = load_built(build_dataset("micro-search", 60, 0, tmp_path / "own"))
+    fresh = fresh_world_tasks(tmp_path / "worlds", "search", 60, 0, 2)
+    assert {t.split for t in fresh} == {"train"} and len({t.id for t in fresh}) == len(fresh)
+    assert len({t.metadata["corpus"] for t in fresh}) == 2
+    society = lambda t: (t.metadata["visual"]["color"], t.metadata["visual"]["category"])  # noqa: E731
+    assert not {society(t) for t in fresh} & {society(t) for t in own if t.split == "test"}
+    facts = collections.defaultdict(set)
+    for t in [t for t in own if t.split == "train"] + fresh:
+        facts[(society(t), t.metadata["question_kind"])].add(t.answers[0])
+    assert sum(len(v) > 1 for v in facts.values()) >= len(facts) // 2  # the same question, other answers
+    with pytest.raises(ValueError, match="micro-search"):
+        fresh_world_tasks(tmp_path / "c", "coding", 60, 0, 1)

@@ -35,6 +35,8 @@ READING_STEPS = 300  # warm-start stage 1 when KIND is search: answer steps alon
 # from the pools of the world, so only reading the hits answers them (memorising the training facts does not); 0 skips
 WARM_STEPS = 150  # warm-start stage 2: supervised steps on gold steps (cached: the same settings are reused)
 TOOL_EPISODES = 0.15  # share of training tasks whose whole gold episode the warm start shows
+FRESH_WORLDS = 2  # KIND search: GRPO trains on the train splits of this many other worlds (same societies, other
+# facts) - the facts of its own world the warm start memorised, so there most groups agree; 0 trains on its own world
 AGENTIC_MINUTES = 8.0  # wall clock of agentic GRPO
 AGENTIC_STEPS = 0  # or a fixed number of agentic steps (0: by wall clock)
 STEPWISE_MINUTES = 1.5  # wall clock of the paper's step-wise GRPO from the same warm start (0 skips it)
@@ -57,7 +59,7 @@ from arftlib.train import lora_snapshot, max_abs_diff, train, wall_clock_stop
 from arftlib.train.trainer import current_rss_mb
 from arftlib.train.warmstart import WarmStartRecipe, warm_start
 from arftlib.trajectories import read_trajectories
-from experiments.micro_learning import compare_methods, evaluate_policy, micro_setup, seeing_check
+from experiments.micro_learning import compare_methods, evaluate_policy, fresh_world_tasks, micro_setup, seeing_check
 
 out_dir = Path(OUT_DIR)
 out_dir.mkdir(parents=True, exist_ok=True)
@@ -73,8 +75,14 @@ t_notebook = time.time()
 # %%
 out, cfg, train_tasks, heldout_tasks, data_dir = micro_setup(out_dir, kind=KIND, profile=cfg.profile,
                                                              n_tasks=N_TASKS or None, seed=SEED)
+n_build = len(train_tasks) + len(heldout_tasks)
 heldout_tasks = heldout_tasks[:HELDOUT]
 print(f"micro-{KIND}: {len(train_tasks)} train / {len(heldout_tasks)} held-out tasks ({data_dir})")
+# what GRPO trains on: the warm start's own training tasks, or (micro-search) other worlds' (the same held-out tasks)
+rl_tasks = fresh_world_tasks(out_dir / "data", KIND, n_build, cfg.seed, FRESH_WORLDS) \
+    if KIND == "search" and FRESH_WORLDS else train_tasks
+if rl_tasks is not train_tasks:
+    print(f"GRPO trains on {len(rl_tasks)} tasks of {FRESH_WORLDS} other worlds (the warm start on this one)")
 display(pd.Series(["+".join(t.degradations) or "-" for t in heldout_tasks]).value_counts().rename("held-out tasks"))
 
 # %% [markdown]
@@ -136,7 +144,7 @@ snap = lora_snapshot() if cfg.finetune == "lora" else None
 callbacks = [c for c in (snap, wall_clock_stop(AGENTIC_MINUTES) if AGENTIC_MINUTES else None) if c is not None]
 t0 = time.time()
 agentic = train(cfg, "agentic", model=ws["model"], out_dir=out_dir / "agentic", kind=KIND,
-                max_steps=AGENTIC_STEPS or 100_000, tasks=(train_tasks, heldout_tasks), callbacks=callbacks)
+                max_steps=AGENTIC_STEPS or 100_000, tasks=(rl_tasks, heldout_tasks), callbacks=callbacks)
 agentic_s = time.time() - t0
 print(f"agentic GRPO: {agentic['steps']} steps in {agentic_s:.0f} s ({agentic['s_per_step']:.1f} s/step)")
 for w in agentic["tool_collapse_warnings"][-3:]:
@@ -202,7 +210,7 @@ print(f"adapter changed: {adapter_changed} (max |ΔW| {adapter_diff:.2e})")
 stepwise = None
 if STEPWISE_MINUTES or STEPWISE_STEPS:
     sw = train(cfg, "stepwise", model=ws["model"], out_dir=out_dir / "stepwise", kind=KIND,
-               max_steps=STEPWISE_STEPS or 100_000, tasks=(train_tasks, heldout_tasks),
+               max_steps=STEPWISE_STEPS or 100_000, tasks=(rl_tasks, heldout_tasks),
                callbacks=[wall_clock_stop(STEPWISE_MINUTES)] if STEPWISE_MINUTES else [])
     sw_after = evaluate_policy(cfg, ws["model"], sw["final_dir"], heldout_tasks, out_dir / "eval_after_stepwise",
                                kind=KIND)
@@ -214,7 +222,8 @@ comparison = None
 comp_dir = Path(COMPARISON_DIR) if COMPARISON_DIR else out_dir / "comparison"
 if RUN_COMPARISON:
     comparison = compare_methods(comp_dir, kind=KIND, minutes=AGENTIC_MINUTES, profile=cfg.profile, seed=SEED,
-                                 recipe=recipe, data=data_dir, heldout_tasks=HELDOUT)  # this notebook's warm start
+                                 recipe=recipe, data=data_dir, heldout_tasks=HELDOUT,  # this notebook's warm start
+                                 fresh_worlds=FRESH_WORLDS if KIND == "search" else 0)
 elif (comp_dir / "comparison.json").is_file():
     comparison = json.loads((comp_dir / "comparison.json").read_text())
 if comparison:
@@ -254,6 +263,7 @@ metrics = {
     "adapter_changed": adapter_changed, "adapter_max_abs_diff": adapter_diff,
     "agentic_steps": agentic["steps"], "agentic_s": round(agentic_s, 1), "agentic_s_per_step": agentic["s_per_step"],
     "tool_collapse_warnings": len(agentic["tool_collapse_warnings"]), "n_heldout": len(heldout_tasks),
+    "n_rl_tasks": len(rl_tasks), "fresh_worlds": FRESH_WORLDS if rl_tasks is not train_tasks else 0,
     "stepwise": stepwise, "comparison_best": comparison["best"] if comparison else None,
     "rss_before_mb": round(rss_before, 1), "rss_after_mb": round(current_rss_mb(), 1),
     "notebook_s": round(time.time() - t_notebook, 1),
