@@ -30,8 +30,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FRESH_WORLDS", "METHODS", "compare_methods", "comparison_table", "default_recipe", "evaluate_policy",
-           "fresh_world_tasks", "micro_learning", "micro_setup", "seeing_check"]
+__all__ = ["FRESH_WORLDS", "METHODS", "answer_spread", "compare_methods", "comparison_table", "default_recipe",
+           "evaluate_policy", "fresh_world_tasks", "micro_learning", "micro_setup", "seeing_check"]
 
 METHODS = ("agentic", "stepwise", "sft")
 SEEING_STEPS = 150  # notebook 04's default seeing stage (bare-word clean answers) before the gold steps
@@ -95,7 +95,7 @@ def evaluate_policy(cfg: Any, model: str, adapter: str | None, tasks: Sequence[A
            "tool_calls_per_episode": round(roll["tool_calls"] / max(1, roll["episodes"]), 3),
            "answered": round(roll["answered"] / max(1, roll["episodes"]), 3),
            "turns_per_episode": round(roll["turns"] / max(1, roll["episodes"]), 3),
-           "by_group": _groups(Path(out) / "table.csv", "agent"), "dir": str(out)}
+           "by_group": _groups(Path(out) / "table.csv", "agent"), "by_question": answer_spread(out), "dir": str(out)}
     if direct_baseline:
         d = s["direct"]["scores"]["reference"]
         res.update(direct_f1=d["f1"], direct_f1_ci=d["f1_ci"], direct_by_group=_groups(Path(out) / "table.csv",
@@ -130,6 +130,32 @@ def seeing_check(cfg: Any, model: str, adapter: str | None, tasks: Sequence[Any]
         row["f1"] = round(100.0 * row["f1"] / max(1, row["n"]), 2)
         row["answers"] = len(row.pop("given"))
     return {"f1": res["f1"], "n": res["n"], "by_type": dict(sorted(by_type.items())), "dir": str(out)}
+
+
+def answer_spread(eval_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """Per question type (micro-coding `question_type`, micro-search `question_kind`) of an evaluation's episodes:
+    n, answered, correct (F1 = 1), distinct answers, the most common answer and its share of the answers, and the
+    score of always giving that answer. A type answered with one word whose score matches the type's F1 is the prior
+    guessing, not the policy seeing (or reading): on micro-coding every rotated position question was answered
+    "right", whatever the image."""
+    import collections
+
+    from arftlib.trajectories import read_trajectories
+
+    groups: dict[str, list[Any]] = collections.defaultdict(list)
+    for t in read_trajectories(Path(eval_dir) / "trajectories", resolve_images=False):
+        meta = t.task.metadata if isinstance(t.task.metadata, Mapping) else {}
+        groups[str(meta.get("question_type") or meta.get("question_kind") or "-")].append(t)
+    rows = []
+    for qtype, trajs in sorted(groups.items()):
+        answers = [(t.final_answer or "").strip().lower() for t in trajs if t.final_answer]
+        top, top_n = collections.Counter(answers).most_common(1)[0] if answers else ("", 0)
+        rows.append({"question": qtype, "n": len(trajs), "answered": len(answers),
+                     "correct": sum(float(t.metrics.get("f1") or 0.0) >= 1.0 for t in trajs),
+                     "distinct answers": len(set(answers)), "most common answer": top,
+                     "its share of answers": round(top_n / len(answers), 3) if answers else None,
+                     "correct if always it": sum(top in [str(a).lower() for a in t.task.answers] for t in trajs)})
+    return rows
 
 
 def _groups(table_csv: Path, run: str) -> dict[str, dict[str, float]]:

@@ -204,6 +204,18 @@ by_deg.to_csv(out_dir / "by_degradation.csv", index=False)
 print(f"adapter changed: {adapter_changed} (max |ΔW| {adapter_diff:.2e})")
 
 # %% [markdown]
+# ### By question type: seeing, or the prior?
+# A policy that finishes more episodes scores more even when it does not look: its answer is then its prior. Per
+# question type, how many answers differ and what always giving the most common one would score. A type answered
+# with one word, scoring what that word scores, is guessing (README "How large is the gain").
+
+# %%
+by_question = pd.concat({name: pd.DataFrame(e["by_question"]).set_index("question")
+                         for name, e in (("before", before), ("after", after))}, axis=1)
+display(by_question)
+by_question.to_csv(out_dir / "by_question.csv")
+
+# %% [markdown]
 # ## 5 · The paper's step-wise GRPO from the same warm start (short), and the method comparison
 
 # %%
@@ -263,6 +275,7 @@ metrics = {
     "adapter_changed": adapter_changed, "adapter_max_abs_diff": adapter_diff,
     "agentic_steps": agentic["steps"], "agentic_s": round(agentic_s, 1), "agentic_s_per_step": agentic["s_per_step"],
     "tool_collapse_warnings": len(agentic["tool_collapse_warnings"]), "n_heldout": len(heldout_tasks),
+    "by_question_before": before["by_question"], "by_question_after": after["by_question"],  # seeing or guessing
     "n_rl_tasks": len(rl_tasks), "fresh_worlds": FRESH_WORLDS if rl_tasks is not train_tasks else 0,
     "stepwise": stepwise, "comparison_best": comparison["best"] if comparison else None,
     "rss_before_mb": round(rss_before, 1), "rss_after_mb": round(current_rss_mb(), 1),

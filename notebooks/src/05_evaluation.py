@@ -99,6 +99,11 @@ table = pd.DataFrame([{"model": name, "F1 with tools": e["f1"], "95% CI": e["f1_
                        "reward": e["reward"]} for name, e in evals.items()]).set_index("model")
 display(table.round(3))
 table.to_csv(out_dir / "warm_start_vs_adapter.csv")
+# per question type: distinct answers and what always giving the most common one scores (seeing, or the prior?)
+by_question = pd.concat({name: pd.DataFrame(e["by_question"]).set_index("question") for name, e in evals.items()},
+                        axis=1)
+display(by_question)
+by_question.to_csv(out_dir / "by_question.csv")
 
 # %%
 groups = sorted({g for e in evals.values() for g in e["by_group"] if g.startswith(("degradation=", "combination="))})
