@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["FRESH_WORLDS", "METHODS", "answer_spread", "compare_methods", "comparison_table", "default_recipe",
-           "evaluate_policy", "fresh_world_tasks", "micro_learning", "micro_setup", "seeing_check"]
+           "evaluate_policy", "fresh_world_tasks", "micro_learning", "micro_setup", "rl_training_tasks", "seeing_check"]
 
 METHODS = ("agentic", "stepwise", "sft")
 SEEING_STEPS = 150  # notebook 04's default seeing stage (bare-word clean answers) before the gold steps
@@ -205,10 +205,7 @@ def micro_learning(out_dir: str | os.PathLike = "runs/tiny-cpu/micro-learning", 
     snap = lora_snapshot() if cfg.finetune == "lora" else None
     callbacks = [c for c in (snap, wall_clock_stop(minutes) if minutes else None) if c is not None]
     max_steps = int(steps) if steps else 100_000
-    if fresh_worlds is None:
-        fresh_worlds = FRESH_WORLDS if kind == "search" else 0
-    rl_tasks = fresh_world_tasks(out / "data", kind, n_build, cfg.seed, fresh_worlds) \
-        if fresh_worlds else train_tasks
+    rl_tasks, fresh_worlds = rl_training_tasks(kind, train_tasks, out / "data", n_build, cfg.seed, fresh_worlds)
     t0 = time.perf_counter()
     if method == "sft":
         from arftlib.train.warmstart import WarmStartRecipe as R
@@ -257,6 +254,17 @@ def micro_learning(out_dir: str | os.PathLike = "runs/tiny-cpu/micro-learning", 
     }
     write_json(out / "metrics.json", result)
     return result
+
+
+def rl_training_tasks(kind: str, own: list[Any], data_root: str | os.PathLike, n_tasks: int, seed: int,
+                      worlds: int | None = None) -> tuple[list[Any], int]:
+    """What a training method trains on, and how many other worlds that is: `own` (the warm start's training tasks)
+    when `worlds` is 0, else `fresh_world_tasks`. `worlds=None`: `FRESH_WORLDS` for micro-search, 0 for coding."""
+    if worlds is None:
+        worlds = FRESH_WORLDS if kind == "search" else 0
+    if not worlds:
+        return own, 0
+    return fresh_world_tasks(data_root, kind, n_tasks, seed, worlds), int(worlds)
 
 
 def fresh_world_tasks(data_root: str | os.PathLike, kind: str, n_tasks: int, seed: int, worlds: int) -> list[Any]:

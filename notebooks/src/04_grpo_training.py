@@ -59,7 +59,7 @@ from arftlib.train import lora_snapshot, max_abs_diff, train, wall_clock_stop
 from arftlib.train.trainer import current_rss_mb
 from arftlib.train.warmstart import WarmStartRecipe, warm_start
 from arftlib.trajectories import read_trajectories
-from experiments.micro_learning import compare_methods, evaluate_policy, fresh_world_tasks, micro_setup, seeing_check
+from experiments.micro_learning import compare_methods, evaluate_policy, micro_setup, rl_training_tasks, seeing_check
 
 out_dir = Path(OUT_DIR)
 out_dir.mkdir(parents=True, exist_ok=True)
@@ -79,10 +79,10 @@ n_build = len(train_tasks) + len(heldout_tasks)
 heldout_tasks = heldout_tasks[:HELDOUT]
 print(f"micro-{KIND}: {len(train_tasks)} train / {len(heldout_tasks)} held-out tasks ({data_dir})")
 # what GRPO trains on: the warm start's own training tasks, or (micro-search) other worlds' (the same held-out tasks)
-rl_tasks = fresh_world_tasks(out_dir / "data", KIND, n_build, cfg.seed, FRESH_WORLDS) \
-    if KIND == "search" and FRESH_WORLDS else train_tasks
-if rl_tasks is not train_tasks:
-    print(f"GRPO trains on {len(rl_tasks)} tasks of {FRESH_WORLDS} other worlds (the warm start on this one)")
+rl_tasks, fresh_worlds = rl_training_tasks(KIND, train_tasks, out_dir / "data", n_build, cfg.seed,
+                                           FRESH_WORLDS if KIND == "search" else 0)
+if fresh_worlds:
+    print(f"GRPO trains on {len(rl_tasks)} tasks of {fresh_worlds} other worlds (the warm start on this one)")
 display(pd.Series(["+".join(t.degradations) or "-" for t in heldout_tasks]).value_counts().rename("held-out tasks"))
 
 # %% [markdown]
@@ -235,7 +235,7 @@ comp_dir = Path(COMPARISON_DIR) if COMPARISON_DIR else out_dir / "comparison"
 if RUN_COMPARISON:
     comparison = compare_methods(comp_dir, kind=KIND, minutes=AGENTIC_MINUTES, profile=cfg.profile, seed=SEED,
                                  recipe=recipe, data=data_dir, heldout_tasks=HELDOUT,  # this notebook's warm start
-                                 fresh_worlds=FRESH_WORLDS if KIND == "search" else 0)
+                                 fresh_worlds=fresh_worlds)
 elif (comp_dir / "comparison.json").is_file():
     comparison = json.loads((comp_dir / "comparison.json").read_text())
 if comparison:
@@ -276,7 +276,7 @@ metrics = {
     "agentic_steps": agentic["steps"], "agentic_s": round(agentic_s, 1), "agentic_s_per_step": agentic["s_per_step"],
     "tool_collapse_warnings": len(agentic["tool_collapse_warnings"]), "n_heldout": len(heldout_tasks),
     "by_question_before": before["by_question"], "by_question_after": after["by_question"],  # seeing or guessing
-    "n_rl_tasks": len(rl_tasks), "fresh_worlds": FRESH_WORLDS if rl_tasks is not train_tasks else 0,
+    "n_rl_tasks": len(rl_tasks), "fresh_worlds": fresh_worlds,
     "stepwise": stepwise, "comparison_best": comparison["best"] if comparison else None,
     "rss_before_mb": round(rss_before, 1), "rss_after_mb": round(current_rss_mb(), 1),
     "notebook_s": round(time.time() - t_notebook, 1),
