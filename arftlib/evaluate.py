@@ -363,7 +363,7 @@ def run_eval(
     cfg = get_config(None) if cfg is None else cfg
     if overrides:
         cfg = cfg.replace(**overrides)
-    from arftlib.models import trained_form_of
+    from arftlib.models import also_trained_protocols, trained_form_of
 
     form = trained_form_of(model, adapter)
     if form and protocol is None and tool_calls is None:  # evaluate in the form it was trained in
@@ -371,7 +371,10 @@ def run_eval(
     protocol = protocol or cfg.protocol
     if tool_calls is None:
         tool_calls = cfg.tool_format if protocol == "chat" and form else False
-    if form and (protocol, tool_calls or None) != (form["protocol"], form.get("tool_format")):
+    known = (protocol, tool_calls or None) == (form["protocol"], form.get("tool_format")) if form else True
+    if not known and not tool_calls and protocol in also_trained_protocols(model, adapter):
+        known = True  # e.g. a warm start with tags rows (and adapters trained from it) evaluated in the tags layout
+    if not known:
         log.warning("%s was trained on %s episodes (tool calls: %s) but is evaluated as %s (tool calls: %s); to "
                     "evaluate it in its own form pass --protocol %s%s", adapter or model, form["protocol"],
                     form.get("tool_format"), protocol, tool_calls or None, form["protocol"],

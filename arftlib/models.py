@@ -71,6 +71,18 @@ def trained_form_of(model: str | None, adapter: str | None) -> dict[str, Any] | 
             return json.loads((Path(folder) / TRAINED_FORM_FILE).read_text(encoding="utf-8"))
     return None
 
+def also_trained_protocols(model: str | None, adapter: str | None) -> set[str]:
+    """Protocols beside its own form that the adapter or its model was also trained in (`also_protocols` in
+    `TRAINED_FORM_FILE`: a warm start with `tags_rows` knows the paper's tags layout too, and an adapter trained
+    from it keeps that)."""
+    found: set[str] = set()
+    for folder in (adapter, model):
+        if folder and (Path(folder) / TRAINED_FORM_FILE).is_file():
+            found |= set(json.loads((Path(folder) / TRAINED_FORM_FILE).read_text(encoding="utf-8"))
+                         .get("also_protocols", []))
+    return found
+
+
 ARCHS = ("qwen2_5_vl", "qwen3_vl")
 TINY_MODEL_VERSION = 1  # bump when the toy build changes; cached builds with another version are rebuilt
 SEEING_MODEL_VERSION = 1  # the same for the `seeing` size (its own counter, so the toy cache survives changes)
@@ -866,5 +878,5 @@ def weights_digest(model_dir: str | os.PathLike) -> str:
 __all__ = [
     "ARCHS", "TINY_SIZES", "TAG_TOKENS", "build_tiny_vlm", "tiny_model_path", "resolve_model_path", "quantization_config",
     "load_policy", "load_for_config", "lora_config_for", "lora_target_regex", "suppressed_token_ids",
-    "ensure_tool_chat_template", "set_pixel_budget", "weights_digest",
+    "ensure_tool_chat_template", "set_pixel_budget", "weights_digest", "also_trained_protocols",
 ]

@@ -79,14 +79,18 @@ def micro_setup(out_dir: str | os.PathLike, *, kind: str = "coding", profile: st
 
 
 def evaluate_policy(cfg: Any, model: str, adapter: str | None, tasks: Sequence[Any], out: str | os.PathLike, *,
-                    kind: str, direct_baseline: bool = False, n_boot: int = 1000) -> dict[str, Any]:
+                    kind: str, direct_baseline: bool = False, n_boot: int = 1000,
+                    protocol: str = "chat") -> dict[str, Any]:
     """Held-out evaluation in the training form (chat, the config's tool form), greedy, with the agentic rubric:
-    `{"f1", "em", "f1_ci", "reward", "components", "tool_calls_per_episode", "by_degradation", "direct_f1", ...}`."""
+    `{"f1", "em", "f1_ci", "reward", "components", "tool_calls_per_episode", "by_degradation", "direct_f1", ...}`.
+    `protocol="tags"`: in the paper's layout instead (history in one user message, the reference evaluation's),
+    which a policy only knows when its warm start had `tags_rows`."""
     from arftlib.evaluate import run_eval
     from arftlib.rewards import agentic_rubric
 
-    s = run_eval(f"micro-{kind}", "given", model, "chat", out, cfg=cfg, tasks=list(tasks), adapter=adapter,
-                 tool_calls=cfg.tool_format, rubric=agentic_rubric(kind, cfg.agentic_weights),
+    s = run_eval(f"micro-{kind}", "given", model, protocol, out, cfg=cfg, tasks=list(tasks), adapter=adapter,
+                 tool_calls=cfg.tool_format if protocol == "chat" else False,
+                 rubric=agentic_rubric(kind, cfg.agentic_weights),
                  direct_baseline=direct_baseline, n_boot=n_boot, progress=False)
     ref = s["agent"]["scores"]["reference"]
     roll = s["agent"]["rollout"]

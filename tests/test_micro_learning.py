@@ -80,6 +80,36 @@ def test_warm_start_rows_and_cache(tmp_path, tiny_budget):
     assert clean.images == [clean.clean_image] and [s["action"] for s in clean.gold_chain] == ["answer"]
 
 
+def test_tags_rows_teach_the_papers_layout_beside_the_chat_one(tmp_path):
+    """`tags_rows=True`: the same shown gold episodes once more in the paper's tags layout (history in one user
+    message; the answer step sees the image the gold code produced), counted apart, in the chat rows' columns; a
+    cache key of its own; a tags run asking for them is told it already has them."""
+    from experiments.micro_learning import micro_setup
+    from arftlib.models import model_path_for
+    from arftlib.train.datasets import make_dataset
+    from arftlib.train.warmstart import WarmStartRecipe, _as_chat_columns, warm_start, warm_start_key
+
+    _, cfg, train_tasks, _, _ = micro_setup(tmp_path / "setup", kind="coding", n_tasks=30,
+                                           config_overrides={"torch_threads": 1})
+    recipe = WarmStartRecipe(steps=2, tool_episode_fraction=0.2, tags_rows=True)
+    res = warm_start(cfg, train_tasks, recipe)
+    counts = res["rows_by_action"]
+    shown = round(0.2 * len(train_tasks))
+    assert counts["problem"] == counts["problem (tags)"] == shown
+    assert counts["answer"] == counts["answer (tags)"] == shown and "answer_clean (tags)" not in counts
+    base = model_path_for(cfg)
+    assert warm_start_key(cfg, train_tasks, recipe, base) != warm_start_key(
+        cfg, train_tasks, WarmStartRecipe(steps=2, tool_episode_fraction=0.2), base)
+    chat = make_dataset(train_tasks[:3], cfg, "stepwise", seed=0)
+    tags = _as_chat_columns(make_dataset(train_tasks[:3], cfg.replace(protocol="tags"), "stepwise", seed=0), chat)
+    assert tags.features == chat.features and set(tags["protocol"]) == {"tags"}
+    answer = next(r for r in tags if r["gold_action"] == "answer" and r["step_index"] > 0)
+    assert [m["role"] for m in answer["prompt"]] == ["user"] and len(answer["images"]) == 1
+    assert "<code>" in answer["prompt"][0]["content"][-1]["text"]  # the gold code is in the one user message
+    with pytest.raises(ValueError, match="tags_rows"):
+        warm_start(cfg.replace(protocol="tags"), train_tasks, recipe)
+
+
 def test_seeing_stage_runs_first_and_is_shared(tmp_path):
     """`seeing_steps`: a first stage on the clean-image answers alone, cached on its own, so two recipes that differ
     only in the gold-steps stage train it once; both stages are reported."""
@@ -134,8 +164,8 @@ def test_seeing_stage_rows_are_the_bare_word(tmp_path):
 
 def test_default_recipe_is_notebook_04s_warm_start():
     """`compare` and `micro_learning()` without a recipe start from the warm start notebook 04 reports (its
-    SEEING_STEPS / READING_STEPS / WARM_STEPS / TOOL_EPISODES parameters); micro-search has no clean images, so a
-    reading stage instead of the seeing stage."""
+    SEEING_STEPS / READING_STEPS / WARM_STEPS / TOOL_EPISODES / TAGS_LAYOUT parameters); micro-search has no clean
+    images, so a reading stage instead of the seeing stage."""
     import re
     from pathlib import Path
 
@@ -149,6 +179,8 @@ def test_default_recipe_is_notebook_04s_warm_start():
     search = default_recipe("search", 3)
     assert (search.seeing_steps, search.reading_steps, search.seed) == (0, int(params["READING_STEPS"]), 3)
     assert coding.reading_steps == 0
+    tags_layout = re.search(r"^TAGS_LAYOUT = (True|False)", src, re.M).group(1)
+    assert coding.tags_rows is search.tags_rows is (tags_layout == "True")
 
 
 def test_reading_stage_rows_are_answer_steps_with_names_redrawn(tmp_path):

@@ -326,3 +326,20 @@ def test_4bit_on_cpu_keeps_vision_tower_unquantised(qwen25_dir, caplog):
     enc = image_prompt(processor, model.device)
     out = model.generate(**enc, max_new_tokens=3, suppress_tokens=models.suppressed_token_ids(processor))
     assert out.shape[1] > enc["input_ids"].shape[1]
+
+
+def test_also_trained_protocols_come_from_the_adapter_or_its_model(tmp_path):
+    """A warm start with tags rows records `also_protocols`; an adapter trained from it (whose own form is chat)
+    inherits it through the model folder; a folder without the file knows nothing more."""
+    ws, adapter, bare = tmp_path / "ws", tmp_path / "adapter", tmp_path / "bare"
+    for d in (ws, adapter, bare):
+        d.mkdir()
+    cfg = get_config("tiny-cpu")
+    form = {**models.trained_form(cfg, "sft"), "also_protocols": ["tags"]}
+    (ws / models.TRAINED_FORM_FILE).write_text(json.dumps(form))
+    (adapter / models.TRAINED_FORM_FILE).write_text(json.dumps(models.trained_form(cfg, "agentic")))
+    assert models.also_trained_protocols(str(ws), None) == {"tags"}
+    assert models.also_trained_protocols(str(ws), str(adapter)) == {"tags"}
+    assert models.trained_form_of(str(ws), str(adapter))["mode"] == "agentic"  # the adapter's own form comes first
+    assert models.also_trained_protocols(str(bare), None) == set()
+    assert models.also_trained_protocols("Qwen/Qwen2.5-VL-3B-Instruct", None) == set()

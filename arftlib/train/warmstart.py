@@ -17,7 +17,8 @@ how `make reproduce`, the notebooks and the tests share one warm start.
 It is reported as what it is — supervised learning on gold episodes — with its data and steps in `warm_start.json`
 next to the weights; every "before" number measured after it is the warm start's.
 
-Left out: rejection-sampled or self-generated SFT data, and mixing tool forms in one warm start.
+Left out: rejection-sampled or self-generated SFT data, and mixing tool forms (tag actions vs JSON tool calls) in
+one warm start; the two layouts of the tag actions (chat and the paper's tags) can be mixed (`tags_rows`).
 """
 
 from __future__ import annotations
@@ -70,11 +71,15 @@ class WarmStartRecipe:
     row_mean_loss: bool = False  # True: every row weighs the same in the loss (`train.sft.row_mean_nll`); False: TRL's
     # mean over all completion tokens, where a clean answer row counts ~1/5 of a code row. Measured (micro-coding seed 0,
     # 60 held-out): True left the 150-step warm start as blind (one answer per type) and moved F1 20.0 → 26.7 (noise)
+    tags_rows: bool = False  # chat runs: ALSO every kept gold step (not the clean answers) written in the paper's `tags`
+    # protocol (the whole history in one user message, the image replaced by the one the gold code produced), so the
+    # policy acts in both layouts and `eval --protocol tags` scores it in the reference's own form; agentic GRPO then
+    # trains the chat layout only. False: chat rows only (such a policy scores 0 in the tags layout)
     full: bool = True  # full fine-tuning (a random tiny model cannot learn through LoRA alone); False = LoRA
     seed: int = 0  # which tasks show their tool steps, and the SFT data order
 
 
-_LATER_FIELDS = {"reading_steps": 0, "reading_batch_size": 32}  # recipe fields added after key version 1: default
+_LATER_FIELDS = {"reading_steps": 0, "reading_batch_size": 32, "tags_rows": False}  # recipe fields added after key version 1: default
 
 
 def _task_digest(tasks: Sequence["Task"]) -> str:
@@ -163,6 +168,15 @@ def _reading_rows(all_rows: Any, recipe: WarmStartRecipe) -> Any:
     return all_rows.select(idx).map(relabel, with_indices=True, desc="reading rows (names re-drawn)")
 
 
+def _as_chat_columns(tags_rows: Any, like: Any) -> Any:
+    """Step-wise rows of the `tags` protocol (one `image`) in the chat rows' columns (`images` list, `protocol`), so
+    both layouts train in one SFT stage."""
+    def convert(r: dict[str, Any]) -> dict[str, Any]:
+        return {"images": [r["image"]], "row_id": f"{r['row_id']}/tags", "protocol": "tags"}
+
+    return tags_rows.map(convert, desc="tags rows").select_columns(list(like.features)).cast(like.features)
+
+
 def _publish(src: str | os.PathLike, final: Path) -> None:
     """Move a finished model folder to its cache place (replacing an unfinished one left there)."""
     if final.exists():
@@ -234,6 +248,8 @@ def warm_start(cfg: "RunConfig", tasks: Sequence["Task"], recipe: WarmStartRecip
         with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
             return pool.submit(warm_start, cfg, list(tasks), recipe, model=model, cache=cache,
                                out_dir=out_dir).result()
+    if recipe.tags_rows and cfg.protocol != "chat":
+        raise ValueError(f"tags_rows adds the tags layout to a chat run; this run's protocol is {cfg.protocol!r}")
     if (recipe.seeing_steps or recipe.reading_steps) and not recipe.full:
         raise ValueError("seeing_steps / reading_steps need full=True (those stages fine-tune the whole model)")
     t0 = time.perf_counter()
@@ -247,13 +263,19 @@ def warm_start(cfg: "RunConfig", tasks: Sequence["Task"], recipe: WarmStartRecip
         if clean:
             clean_rows = make_dataset(clean, cfg, "stepwise", seed=recipe.seed)
             clean_rows = clean_rows.map(lambda r: {"gold_action": "answer_clean"}).cast(rows.features)
-    if recipe.clean_answers and clean_rows is not None:
-        from datasets import concatenate_datasets
+    from datasets import concatenate_datasets
 
+    if recipe.clean_answers and clean_rows is not None:
         rows = concatenate_datasets([rows, clean_rows]).shuffle(seed=recipe.seed)
+    if recipe.tags_rows:
+        tags_cfg = cfg.replace(protocol="tags")
+        tags = _select(make_dataset(list(tasks), tags_cfg, "stepwise", seed=recipe.seed), recipe)
+        rows = concatenate_datasets([rows, _as_chat_columns(tags, rows)]).shuffle(seed=recipe.seed)
     counts: dict[str, int] = {}
-    for a in rows["gold_action"]:
-        counts[a] = counts.get(a, 0) + 1
+    forms = rows["protocol"] if "protocol" in rows.column_names else [cfg.protocol] * len(rows)
+    for a, form in zip(rows["gold_action"], forms):
+        name = a if form == cfg.protocol else f"{a} ({form})"
+        counts[name] = counts.get(name, 0) + 1
     work = final.parent / f".{final.name}.tmp"
     shutil.rmtree(work, ignore_errors=True)
     sft_cfg = cfg.replace(seed=recipe.seed)
@@ -291,6 +313,9 @@ def warm_start(cfg: "RunConfig", tasks: Sequence["Task"], recipe: WarmStartRecip
     from arftlib.models import TRAINED_FORM_FILE, trained_form
     from arftlib.train.trainer import write_json
 
-    write_json(final / TRAINED_FORM_FILE, trained_form(cfg, "sft"))
+    form = trained_form(cfg, "sft")
+    if recipe.tags_rows:
+        form["also_protocols"] = ["tags"]  # eval --protocol tags is this policy's form too (no warning)
+    write_json(final / TRAINED_FORM_FILE, form)
     marker.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     return {**info, "reused": False}

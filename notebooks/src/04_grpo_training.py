@@ -35,6 +35,8 @@ READING_STEPS = 300  # warm-start stage 1 when KIND is search: answer steps alon
 # from the pools of the world, so only reading the hits answers them (memorising the training facts does not); 0 skips
 WARM_STEPS = 150  # warm-start stage 2: supervised steps on gold steps (cached: the same settings are reused)
 TOOL_EPISODES = 0.15  # share of training tasks whose whole gold episode the warm start shows
+TAGS_LAYOUT = False  # warm start also on those gold steps in the paper tags layout (history in one user
+# message), and held-out F1 in that layout before and after (eval --protocol tags); README "The paper layout"
 FRESH_WORLDS = 2  # KIND search: GRPO trains on the train splits of this many other worlds (same societies, other
 # facts) - the facts of its own world the warm start memorised, so there most groups agree; 0 trains on its own world
 AGENTIC_MINUTES = 8.0  # wall clock of agentic GRPO
@@ -92,7 +94,7 @@ display(pd.Series(["+".join(t.degradations) or "-" for t in heldout_tasks]).valu
 # micro-search images have no clean version: no seeing stage there, a reading stage instead
 recipe = WarmStartRecipe(steps=WARM_STEPS, seeing_steps=SEEING_STEPS if KIND == "coding" else 0,
                          reading_steps=READING_STEPS if KIND == "search" else 0,
-                         tool_episode_fraction=TOOL_EPISODES, seed=cfg.seed)
+                         tool_episode_fraction=TOOL_EPISODES, tags_rows=TAGS_LAYOUT, seed=cfg.seed)
 t0 = time.time()
 ws = warm_start(cfg, train_tasks, recipe, isolated=True)  # trained in a child process: GRPO here then runs faster
 print(f"warm start {'reused from the cache' if ws['reused'] else 'trained'} in {time.time() - t0:.0f} s: "
@@ -204,6 +206,23 @@ by_deg.to_csv(out_dir / "by_degradation.csv", index=False)
 print(f"adapter changed: {adapter_changed} (max |ΔW| {adapter_diff:.2e})")
 
 # %% [markdown]
+# ### In the paper's layout (`TAGS_LAYOUT`)
+# The reference evaluation keeps the whole history in one user message (`eval --protocol tags`). GRPO trained the chat
+# layout only; a warm start that also saw the tags layout shows here whether what GRPO taught carries over.
+
+# %%
+tags_before = tags_after = None
+if TAGS_LAYOUT:
+    tags_before = evaluate_policy(cfg, ws["model"], ws["adapter"], heldout_tasks, out_dir / "eval_before_tags",
+                                  kind=KIND, protocol="tags")
+    tags_after = evaluate_policy(cfg, ws["model"], adapter_dir, heldout_tasks, out_dir / "eval_after_tags",
+                                 kind=KIND, protocol="tags")
+    print(f"tags layout: F1 {tags_before['f1']:.1f} {tags_before['f1_ci']} -> {tags_after['f1']:.1f} "
+          f"{tags_after['f1_ci']}; answered {tags_before['answered']:.2f} -> {tags_after['answered']:.2f}")
+else:
+    print("TAGS_LAYOUT is off: this policy never saw the tags layout (it scores 0 there)")
+
+# %% [markdown]
 # ### By question type: seeing, or the prior?
 # A policy that finishes more episodes scores more even when it does not look: its answer is then its prior. Per
 # question type, how many answers differ and what always giving the most common one would score. A type answered
@@ -277,6 +296,8 @@ metrics = {
     "tool_collapse_warnings": len(agentic["tool_collapse_warnings"]), "n_heldout": len(heldout_tasks),
     "by_question_before": before["by_question"], "by_question_after": after["by_question"],  # seeing or guessing
     "n_rl_tasks": len(rl_tasks), "fresh_worlds": fresh_worlds,
+    "heldout_f1_tags_before": tags_before["f1"] if tags_before else None,  # the paper layout (TAGS_LAYOUT)
+    "heldout_f1_tags_after": tags_after["f1"] if tags_after else None,
     "stepwise": stepwise, "comparison_best": comparison["best"] if comparison else None,
     "rss_before_mb": round(rss_before, 1), "rss_after_mb": round(current_rss_mb(), 1),
     "notebook_s": round(time.time() - t_notebook, 1),
