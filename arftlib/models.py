@@ -71,6 +71,7 @@ def trained_form_of(model: str | None, adapter: str | None) -> dict[str, Any] | 
             return json.loads((Path(folder) / TRAINED_FORM_FILE).read_text(encoding="utf-8"))
     return None
 
+
 def also_trained_protocols(model: str | None, adapter: str | None) -> set[str]:
     """Protocols beside its own form that the adapter or its model was also trained in (`also_protocols` in
     `TRAINED_FORM_FILE`: a warm start with `tags_rows` knows the paper's tags layout too, and an adapter trained

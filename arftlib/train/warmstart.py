@@ -79,7 +79,8 @@ class WarmStartRecipe:
     seed: int = 0  # which tasks show their tool steps, and the SFT data order
 
 
-_LATER_FIELDS = {"reading_steps": 0, "reading_batch_size": 32, "tags_rows": False}  # recipe fields added after key version 1: default
+# recipe fields added after key version 1, with their defaults (a field at its default stays out of the key)
+_LATER_FIELDS = {"reading_steps": 0, "reading_batch_size": 32, "tags_rows": False}
 
 
 def _task_digest(tasks: Sequence["Task"]) -> str:

@@ -41,7 +41,7 @@ FRESH_WORLDS = 2  # KIND search: GRPO trains on the train splits of this many ot
 # facts) - the facts of its own world the warm start memorised, so there most groups agree; 0 trains on its own world
 AGENTIC_MINUTES = 8.0  # wall clock of agentic GRPO
 AGENTIC_STEPS = 0  # or a fixed number of agentic steps (0: by wall clock)
-STEPWISE_MINUTES = 1.5  # wall clock of the paper's step-wise GRPO from the same warm start (0 skips it)
+STEPWISE_MINUTES = 1.0  # wall clock of the paper step-wise GRPO from the same warm start (0 skips it)
 STEPWISE_STEPS = 0  # or a fixed number of step-wise steps (0: by wall clock; both 0 skips it)
 COMPARISON_DIR = ""  # a `python -m arftlib compare --out DIR` folder to show; empty: OUT_DIR/comparison
 RUN_COMPARISON = False  # run the full comparison here (each method for AGENTIC_MINUTES; long)
