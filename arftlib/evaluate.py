@@ -371,10 +371,9 @@ def run_eval(
     protocol = protocol or cfg.protocol
     if tool_calls is None:
         tool_calls = cfg.tool_format if protocol == "chat" and form else False
-    known = (protocol, tool_calls or None) == (form["protocol"], form.get("tool_format")) if form else True
-    if not known and not tool_calls and protocol in also_trained_protocols(model, adapter):
-        known = True  # e.g. a warm start with tags rows (and adapters trained from it) evaluated in the tags layout
-    if not known:
+    # a form it was also trained in (a warm start with tags rows, and adapters from it, in the tags layout) is its own
+    if form and (protocol, tool_calls or None) != (form["protocol"], form.get("tool_format")) and (
+            tool_calls or protocol not in also_trained_protocols(model, adapter)):
         log.warning("%s was trained on %s episodes (tool calls: %s) but is evaluated as %s (tool calls: %s); to "
                     "evaluate it in its own form pass --protocol %s%s", adapter or model, form["protocol"],
                     form.get("tool_format"), protocol, tool_calls or None, form["protocol"],

@@ -66,22 +66,21 @@ def trained_form(cfg: "RunConfig", mode: str) -> dict[str, Any]:
 def trained_form_of(model: str | None, adapter: str | None) -> dict[str, Any] | None:
     """The form (`trained_form`) an adapter — else a model folder — records in `TRAINED_FORM_FILE` (written by
     `train` and the warm start); None for anything else (a hub id, the base models)."""
-    for folder in (adapter, model):
-        if folder and (Path(folder) / TRAINED_FORM_FILE).is_file():
-            return json.loads((Path(folder) / TRAINED_FORM_FILE).read_text(encoding="utf-8"))
-    return None
+    forms = _recorded_forms(model, adapter)
+    return forms[0] if forms else None
 
 
 def also_trained_protocols(model: str | None, adapter: str | None) -> set[str]:
     """Protocols beside its own form that the adapter or its model was also trained in (`also_protocols` in
     `TRAINED_FORM_FILE`: a warm start with `tags_rows` knows the paper's tags layout too, and an adapter trained
     from it keeps that)."""
-    found: set[str] = set()
-    for folder in (adapter, model):
-        if folder and (Path(folder) / TRAINED_FORM_FILE).is_file():
-            found |= set(json.loads((Path(folder) / TRAINED_FORM_FILE).read_text(encoding="utf-8"))
-                         .get("also_protocols", []))
-    return found
+    return {p for form in _recorded_forms(model, adapter) for p in form.get("also_protocols", [])}
+
+
+def _recorded_forms(model: str | None, adapter: str | None) -> list[dict[str, Any]]:
+    """The `TRAINED_FORM_FILE` contents of the adapter, then of the model, for each folder that has one."""
+    return [json.loads((Path(f) / TRAINED_FORM_FILE).read_text(encoding="utf-8")) for f in (adapter, model)
+            if f and (Path(f) / TRAINED_FORM_FILE).is_file()]
 
 
 ARCHS = ("qwen2_5_vl", "qwen3_vl")

@@ -269,8 +269,7 @@ def warm_start(cfg: "RunConfig", tasks: Sequence["Task"], recipe: WarmStartRecip
     if recipe.clean_answers and clean_rows is not None:
         rows = concatenate_datasets([rows, clean_rows]).shuffle(seed=recipe.seed)
     if recipe.tags_rows:
-        tags_cfg = cfg.replace(protocol="tags")
-        tags = _select(make_dataset(list(tasks), tags_cfg, "stepwise", seed=recipe.seed), recipe)
+        tags = _select(make_dataset(list(tasks), cfg.replace(protocol="tags"), "stepwise", seed=recipe.seed), recipe)
         rows = concatenate_datasets([rows, _as_chat_columns(tags, rows)]).shuffle(seed=recipe.seed)
     counts: dict[str, int] = {}
     forms = rows["protocol"] if "protocol" in rows.column_names else [cfg.protocol] * len(rows)
