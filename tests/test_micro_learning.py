@@ -238,3 +238,27 @@ def test_fresh_worlds_are_other_facts_about_the_same_training_societies(tmp_path
     assert sum(len(v) > 1 for v in facts.values()) >= len(facts) // 2  # the same question, other answers
     with pytest.raises(ValueError, match="micro-search"):
         fresh_world_tasks(tmp_path / "c", "coding", 60, 0, 1)
+
+
+def test_warm_start_key_tells_models_apart_that_share_every_weight(tmp_path):
+    """`seeing` and `seeing-grid` share every weight and differ in their rotary layout: a warm start cached for one
+    must not be reused for the other, and a folder without config.json is named."""
+    import shutil
+
+    from arftlib.config import get_config
+    from arftlib.models import tiny_model_path
+    from arftlib.train.warmstart import WarmStartRecipe, warm_start_key
+
+    cfg = get_config("tiny-cpu")
+    base = tiny_model_path("qwen2_5_vl")
+    other = tmp_path / "other-rope"
+    shutil.copytree(base, other)
+    config = json.loads((other / "config.json").read_text())
+    config["text_config"]["rope_parameters"]["rope_theta"] = 100.0
+    (other / "config.json").write_text(json.dumps(config))
+    key = warm_start_key(cfg, [], WarmStartRecipe(), str(base))
+    assert key == warm_start_key(cfg, [], WarmStartRecipe(), str(base))
+    assert key != warm_start_key(cfg, [], WarmStartRecipe(), str(other))
+    (other / "config.json").unlink()
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        warm_start_key(cfg, [], WarmStartRecipe(), str(other))

@@ -95,8 +95,20 @@ def _task_digest(tasks: Sequence["Task"]) -> str:
     return h.hexdigest()
 
 
+def _config_digest(model_path: str | os.PathLike) -> str:
+    """SHA-256 of a model folder's `config.json` (sorted keys; the transformers version that wrote it left out)."""
+    file = Path(model_path) / "config.json"
+    if not file.is_file():
+        raise FileNotFoundError(f"{file}: a warm start's model folder needs its config.json")
+    config = json.loads(file.read_text(encoding="utf-8"))
+    config.pop("transformers_version", None)
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode("utf-8")).hexdigest()
+
+
 def warm_start_key(cfg: "RunConfig", tasks: Sequence["Task"], recipe: WarmStartRecipe, model_path: str) -> str:
-    """The cache key: recipe, model (its config and tokenizer files), data-shaping config fields and tasks."""
+    """The cache key: recipe, model (its weights and its architecture config), data-shaping config fields and
+    tasks. The config counts because two models can share every weight and differ in what has none: the `seeing`
+    and `seeing-grid` tiny models differ only in their rotary layout."""
     from arftlib.models import weights_digest
 
     fields = {k: getattr(cfg, k) for k in ("protocol", "prompt_style", "tool_format", "image_size", "min_pixels",
@@ -105,7 +117,8 @@ def warm_start_key(cfg: "RunConfig", tasks: Sequence["Task"], recipe: WarmStartR
     spec = {k: v for k, v in dataclasses.asdict(recipe).items()  # fields added later enter the key only when set,
             if not (k in _LATER_FIELDS and v == _LATER_FIELDS[k])}  # so every warm start cached before stays valid
     blob = json.dumps({"recipe": spec, "fields": fields, "tasks": _task_digest(tasks),
-                       "model": weights_digest(model_path), "version": 1}, sort_keys=True, default=str)
+                       "model": weights_digest(model_path), "model_config": _config_digest(model_path), "version": 1},
+                      sort_keys=True, default=str)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:20]
 
 
