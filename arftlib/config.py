@@ -243,7 +243,9 @@ def default_profile() -> str:
 # the caller's overrides; the GPU profiles train and evaluate the micro world with their own settings.
 MICRO_WORLD: dict[str, dict[str, Any]] = {
     "tiny-cpu": dict(
-        tiny_size="seeing",  # the ~5 M-parameter Qwen2.5-VL that learns to read colours, shapes and positions
+        tiny_size="seeing",  # the ~5 M-parameter Qwen2.5-VL that learns to read colours; "seeing-grid" (the same model,
+        # a rotary layout that lets it learn where a figure is) sees position too, but agentic GRPO gained nothing
+        # more from it in 8 minutes (README "Why it never saw position")
         torch_threads=2,  # both cores of the CPU machine (a warm-start step: 2.6 s with 2 threads alone, 7.4 s with 1
         # thread beside another job); set 1 when something else runs beside it
         image_size=224,  # the micro canvas; the policy sees it at max_pixels (112 × 112), crops come back sharp

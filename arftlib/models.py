@@ -2,10 +2,11 @@
 
 What it does
 - `build_tiny_vlm(out_dir, arch, seed, size)` writes a *randomly initialised* tiny Qwen2.5-VL or Qwen3-VL with a
-  real processor. Two sizes (`TINY_SIZES`): `"toy"` (~0.2–0.3 M parameters, the fast unit tests' model) and
+  real processor. Sizes (`TINY_SIZES`): `"toy"` (~0.2–0.3 M parameters, the fast unit tests' model),
   `"seeing"` (~4.9 M: text hidden 256 × 4 layers, ViT hidden 128 × 4 blocks, 16 image tokens per 112×112
-  image; big enough to learn the micro benchmarks' colour / shape / position questions in a minute or two of
-  supervised training on 2 CPU cores, see `experiments/micro_probe.py`). Both come with a byte-level BPE
+  image; big enough to learn the micro benchmarks' colour questions in a minute or two of supervised training on
+  2 CPU cores, see `experiments/micro_probe.py`) and `"seeing-grid"` (the same weights with a rotary layout under
+  which position is learnable too; `_SIZE_DIMS`). All come with a byte-level BPE
   tokenizer trained here on ~30 KB of generated workbench text (questions, answers, OpenCV code, the action
   tags, digits), Qwen's special tokens with the same spelling, the Qwen image + video processors with tiny
   pixel budgets (112×112 at most: 16 image tokens), and a tool-capable chat template
@@ -86,7 +87,7 @@ def _recorded_forms(model: str | None, adapter: str | None) -> list[dict[str, An
 ARCHS = ("qwen2_5_vl", "qwen3_vl")
 TINY_MODEL_VERSION = 1  # bump when the toy build changes; cached builds with another version are rebuilt
 SEEING_MODEL_VERSION = 1  # the same for the `seeing` size (its own counter, so the toy cache survives changes)
-TINY_SIZES = ("toy", "seeing")  # see _SIZE_DIMS
+TINY_SIZES = ("toy", "seeing", "seeing-grid")  # see _SIZE_DIMS
 MARKER_FILE = "arft_tiny.json"  # written last: its presence means the build completed
 
 # Qwen's special tokens, spelled as the real checkpoints spell them. The first block is `special=True`
@@ -225,7 +226,7 @@ def _seeing_corpus() -> list[str]:
 def _corpus_for(size: str) -> list[str]:
     if size == "toy":
         return _tokenizer_corpus()
-    if size == "seeing":
+    if size in ("seeing", "seeing-grid"):
         # the micro text weighted ×4 so its frequent pieces (tags, code lines, colour words) become merges
         return _tokenizer_corpus() + _seeing_corpus() * 4
     raise ValueError(f"unknown tiny-model size {size!r}; choose one of {', '.join(TINY_SIZES)}")
@@ -302,7 +303,7 @@ _SIZE_DIMS: dict[str, dict[str, Any]] = {
         layers=4,  # decoder layers
         heads=4,  # 4 query heads → head_dim 64
         kv_heads=2,  # grouped-query attention
-        mrope_25=[8, 12, 12],  # sum = head_dim / 2 = 32 (the 3B's [16, 24, 24] halved)
+        mrope_25=[8, 12, 12],  # sum = head_dim / 2 = 32 (the 3B's [16, 24, 24] halved); see "seeing-grid"
         mrope_3=[12, 10, 10],  # sum = 32
         v_depth=4,  # ViT blocks
         v_hidden=128,  # ViT width
@@ -312,6 +313,14 @@ _SIZE_DIMS: dict[str, dict[str, Any]] = {
         deepstack=[1],  # Qwen3-VL: ViT block 1 feeds text layer 0
     ),
 }
+# "seeing-grid": the `seeing` model with a rotary layout under which it can learn WHERE a figure is. Contiguous
+# Qwen2.5-VL M-RoPE sections give t the fastest frequencies, but every token of one image has the same t: with
+# "seeing"'s [8, 12, 12] at theta 1e6 the 4 × 4 image grid differs only in frequencies under 0.03 rad per row, and the
+# policy never learned position (one answer for 450 steps). No time section (single images) and theta 100: rows turn
+# 1.0–0.12 rad per step, columns 0.10–0.012; text tokens have t = h = w, so for text only theta changes (its slowest
+# frequency turns once in ~970 tokens; theta 10 also taught position, 96 % after ~370 steps, but garbled the gold
+# code, whose text then had no slow frequency). Measured 2026-12-07 (README "Why it never saw position").
+_SIZE_DIMS["seeing-grid"] = dict(_SIZE_DIMS["seeing"], mrope_25=[0, 16, 16], rope_theta_25=100.0)
 
 
 def _tiny_config(arch: str, tok, size: str = "toy") -> Any:
@@ -350,7 +359,8 @@ def _tiny_config(arch: str, tok, size: str = "toy") -> Any:
             hidden_act="silu",  # SwiGLU activation, as Qwen2.5
             use_sliding_window=False,  # full attention everywhere
             # M-RoPE: rotary dims split over (time, height, width); must sum to head_dim / 2.
-            rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": dims["mrope_25"]},
+            rope_parameters={"rope_type": "default", "rope_theta": dims.get("rope_theta_25", 1_000_000.0),
+                             "mrope_section": dims["mrope_25"]},
         )
         vision = dict(
             depth=dims["v_depth"],  # ViT blocks
@@ -483,6 +493,12 @@ simple scenes (colour, shape, position) on a CPU: the policy of the micro benchm
   template
 """,
 }
+
+
+_README["seeing-grid"] = _README["seeing"].replace('size "seeing"', 'size "seeing-grid"').replace(
+    'size="seeing"', 'size="seeing-grid"').replace(
+    "- tokenizer:", "- rotary layout: M-RoPE sections [0, 16, 16], text rope_theta 100 (\"seeing\": [8, 12, 12], 1e6), so the\n"
+    "  image grid's rows and columns turn fast frequencies: a policy can learn where a figure is\n- tokenizer:")
 
 
 def build_tiny_vlm(out_dir: str | os.PathLike, arch: str = "qwen2_5_vl", seed: int = 0, size: str = "toy") -> Path:

@@ -31,7 +31,11 @@ A coding run takes ~`--minutes` + 2 minutes, a search run ~`--minutes` + 1 minut
 behind a think as the warm start's rows have it) narrow a coding run. What they showed (2026-12-02, seed 0, 700
 training tasks, clean-image accuracy at step 150, answers colour / zoom): `word` 77 / 76 %; `short-think`
 30 / 22 % (34 / 46 % at step 200); `think` 17 / 16 % at step 100. So every token before the answer word slows
-learning to see several times over. `--types position` (4 sides) stayed at one answer for 450 steps.
+learning to see several times over. `--types position` (4 sides) stayed at one answer for 450 steps with the
+`seeing` build of then (M-RoPE sections [8, 12, 12], theta 1e6); on the build of 2026-12-07 ([0, 16, 16], theta 10;
+`arftlib.models`; that text theta garbled the gold code, `--size seeing-grid` is the same at theta 100) it reached
+96 % after ~370 steps (rotation180 6 %, restored 96 %), and all four types mixed (`--minutes 4`, 400 steps) colour
+96 %, zoom 89 %, position 92 %, shape 4 %; `seeing-grid` position alone: see the README.
 
 What it leaves out: the agentic loop (diagnosis, code generation, tool calls), RL, and the `toy` model; this is
 the "can it see at all" check that the micro world's design rests on. Numbers vary with the machine's load (the
@@ -71,14 +75,14 @@ PROBE_LABELS = ("dark", "overexposure", "noise", "blur", "rotation90", "rotation
 
 
 # ------------------------------------------------------------------------------------------------ model I/O
-def load_seeing(seed: int):
-    """The random `seeing` Qwen2.5-VL (cached build) and its processor, float32, train mode."""
+def load_seeing(seed: int, size: str = "seeing"):
+    """The random `seeing` (or `seeing-grid`) Qwen2.5-VL (cached build) and its processor, float32, train mode."""
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from arftlib.models import tiny_model_path
 
-    path = tiny_model_path("qwen2_5_vl", seed=seed, size="seeing")
+    path = tiny_model_path("qwen2_5_vl", seed=seed, size=size)
     model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32)
     processor = AutoProcessor.from_pretrained(path)
     return model, processor
@@ -265,7 +269,7 @@ def probe_coding(args) -> dict[str, Any]:
                 rows.append((qt, "+".join(labels) + " fixed", _pil(_run_gold(MC.restoration_code(labels, params), deg, tmp)), q, a))
     t_conditions = time.perf_counter() - t1
 
-    model, processor = load_seeing(args.seed)
+    model, processor = load_seeing(args.seed, args.size)
     n_params = sum(p.numel() for p in model.parameters())
 
     by_type: dict[str, list] = {}
@@ -342,7 +346,7 @@ def probe_search(args) -> dict[str, Any]:
 
     tr_rows, te_rows = rows_of("train"), rows_of("test")
     samples = tr_rows["query"] + tr_rows["copy"] + tr_rows["direct"]
-    model, processor = load_seeing(args.seed)
+    model, processor = load_seeing(args.seed, args.size)
 
     def ev(rows: list[tuple[Any, str, str]]) -> float:
         return _em(answer(model, processor, [r[0] for r in rows], [r[1] for r in rows]), [r[2] for r in rows])
@@ -379,6 +383,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--n", type=int, default=None, help="tasks to build (default: coding 3000, search 2000)")
     ap.add_argument("--n-test", type=int, default=240, help="coding: held-out tasks to evaluate (each in many conditions)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--size", default="seeing", choices=("seeing", "seeing-grid"),
+                    help="tiny model size: seeing-grid has the rotary layout that lets it learn position")
     ap.add_argument("--types", default="", help="coding: question types to train and evaluate, comma-separated "
                     "(default: all of color, shape, position, zoom)")
     ap.add_argument("--max-train", type=int, default=None, help="coding: use at most this many training tasks")

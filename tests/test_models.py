@@ -218,6 +218,33 @@ def test_seeing_size_builds_separately_and_spends_few_tokens_on_micro_turns(cach
         models.tiny_model_path("qwen2_5_vl", size="huge")
 
 
+def _image_grid_turns(model_dir: Path) -> tuple[float, float, float]:
+    """(radians per image row, per image column at the fastest frequency of their M-RoPE sections, radians of the
+    slowest frequency over 512 text tokens) of a Qwen2.5-VL config (head_dim 64)."""
+    rope = json.loads((model_dir / "config.json").read_text())["text_config"]["rope_parameters"]
+    inv_freq = [rope["rope_theta"] ** (-i / 32) for i in range(32)]
+    t_sec, h_sec, w_sec = rope["mrope_section"]
+    assert t_sec + h_sec + w_sec == 32
+    return inv_freq[t_sec], inv_freq[t_sec + h_sec], inv_freq[-1] * 512
+
+
+def test_seeing_grid_size_gives_image_rows_and_columns_fast_rotary_frequencies(cache_root):
+    """WHERE a figure is reaches the text only through M-RoPE. `seeing` (the 3B's layout halved) turns one row of
+    the 4 × 4 image grid by 0.03 rad, and position was never learned; `seeing-grid` must turn rows and columns by
+    visible angles while text positions do not wrap within an episode — and be otherwise the same model."""
+    seeing = models.tiny_model_path("qwen2_5_vl", size="seeing")
+    grid = models.tiny_model_path("qwen2_5_vl", size="seeing-grid")
+    assert grid.name == "qwen2_5_vl-seeing-grid" and grid != seeing
+    row, col, text = _image_grid_turns(grid)
+    assert row >= 0.5 and col >= 0.05 and text < 2 * 3.1416, (row, col, text)
+    assert _image_grid_turns(seeing)[0] < 0.05  # why the grid size exists
+    marker = json.loads((grid / models.MARKER_FILE).read_text())
+    assert marker["size"] == "seeing-grid"
+    assert marker["parameters"] == json.loads((seeing / models.MARKER_FILE).read_text())["parameters"]
+    assert (grid / "tokenizer.json").read_bytes() == (seeing / "tokenizer.json").read_bytes()
+    assert models.resolve_model_path("tiny:qwen2_5_vl:seeing-grid") == str(grid)
+
+
 # ------------------------------------------------------------------------------------------------- loading
 
 def test_load_policy_tiny(qwen25_dir):

@@ -35,13 +35,17 @@ copy).
 
 What the CPU policy can learn to see, measured (`experiments/micro_probe.py`; the plain supervised loop on clean
 images, lr 1e-3, batch 32, 2 cores): colour — a property of the whole image — is learned in about a hundred steps
-(with the zoom questions asking colour, colour 72 % and zoom 76 % held-out after 150 mixed steps); WHERE a thing
-is and WHICH shape it is are not: `position` stayed at its majority answer after 450 steps trained on position
-alone, so did top/bottom alone (350 steps), the `seeing` model with rope_theta 100 instead of 1e6 (300 steps), and
-the Qwen3-VL `seeing` model with its learned position embeddings (200 steps); `shape` ≈ chance after 550 mixed
-steps. So the zoom questions ask colour (until 2026-12 they asked shape, which the policy never learned to see):
-crop and enlarge is then a tool whose result the policy can read. `shape` and `position` stay in the world, as
-the paper's noise and rotation cases, for policies that can see them (larger models, longer runs).
+(with the zoom questions asking colour, colour 72 % and zoom 76 % held-out after 150 mixed steps). WHERE a thing
+is is out of reach of the default `seeing` build, and the cause is its rotary layout (found 2026-12-07,
+`arftlib.models`, size `seeing-grid`): with the 3B's M-RoPE sections halved ([8, 12, 12], theta 1e6) the 16 image
+tokens of a 112×112 input differ only in frequencies under 0.03 rad per row, and `position` stayed at its majority
+answer after 450 steps (also top/bottom alone, rope_theta 100 with those sections, and the Qwen3-VL `seeing` model for
+200 steps). The same model fed 1-D positions learned the four sides to 100 % in 300 steps, sections [0, 16, 16] at
+theta 10 to 96 % in ~370 (all types mixed: colour 98 %, zoom 85 %, position 92 % after 350 steps), and a rotated
+image then flips the answer (rotation180: 6 %, restored: 96 %) — the rotation premise of MAT-Coding. `shape` stays
+≈ chance (held-out shapes come in colour × shape combinations training never shows). So the zoom questions ask
+colour (until 2026-12 they asked shape): crop and enlarge is then a tool whose result the policy can read; `shape`
+stays in the world, as the paper's noise case, for policies that can see it.
 
 Degradation strengths (`sample_params`, drawn from the task's seeded generator) are stronger than
 `synth-coding`'s, because a 112×112 policy input forgives mild ones: dark ×[0.08, 0.18]; overexposure toward
