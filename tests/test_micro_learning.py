@@ -262,3 +262,45 @@ def test_warm_start_key_tells_models_apart_that_share_every_weight(tmp_path):
     (other / "config.json").unlink()
     with pytest.raises(FileNotFoundError, match="config.json"):
         warm_start_key(cfg, [], WarmStartRecipe(), str(other))
+
+
+def test_isolated_warm_start_worker_ends_when_its_parent_is_killed(tmp_path):
+    """`warm_start(isolated=True)` trains in a spawned pool worker; killing the parent (a notebook kernel, a script)
+    must not leave that worker running: `exit_with_parent` ends it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    def running(pid: int) -> bool:  # a zombie (exited, not yet reaped by whoever adopted it) has ended
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return False
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import multiprocessing, os, sys, time\n"
+        "from concurrent.futures import ProcessPoolExecutor\n"
+        "from arftlib.train.warmstart import exit_with_parent\n"
+        "if __name__ == '__main__':\n"
+        "    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context('spawn'),\n"
+        "                             initializer=exit_with_parent, initargs=(os.getpid(),)) as pool:\n"
+        "        print(pool.submit(os.getpid).result(), flush=True)\n"
+        "        pool.submit(time.sleep, 120).result()\n")
+    repo = Path(__file__).resolve().parent.parent
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, cwd=repo,
+                              env={**os.environ, "PYTHONPATH": str(repo)})
+    worker = int(parent.stdout.readline())
+    assert running(worker)  # alive while its parent is
+    parent.send_signal(signal.SIGKILL)
+    parent.wait(timeout=30)
+    deadline = time.monotonic() + 20
+    while running(worker) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    if running(worker):
+        os.kill(worker, signal.SIGKILL)
+        raise AssertionError(f"pool worker {worker} outlived its killed parent by 20 s")

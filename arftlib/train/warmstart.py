@@ -95,6 +95,20 @@ def _task_digest(tasks: Sequence["Task"]) -> str:
     return h.hexdigest()
 
 
+def exit_with_parent(parent_pid: int, poll_s: float = 1.0) -> None:
+    """Process-pool initializer: a daemon thread ends this worker once its parent `parent_pid` is gone. A killed
+    notebook kernel or script must not leave its isolated warm start training on, holding the cores (one did,
+    for 40 minutes, beside a CI run)."""
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(poll_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def _config_digest(model_path: str | os.PathLike) -> str:
     """SHA-256 of a model folder's `config.json` (sorted keys; the transformers version that wrote it left out)."""
     file = Path(model_path) / "config.json"
@@ -259,7 +273,8 @@ def warm_start(cfg: "RunConfig", tasks: Sequence["Task"], recipe: WarmStartRecip
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=exit_with_parent, initargs=(os.getpid(),)) as pool:
             return pool.submit(warm_start, cfg, list(tasks), recipe, model=model, cache=cache,
                                out_dir=out_dir).result()
     if recipe.tags_rows and cfg.protocol != "chat":
