@@ -86,7 +86,7 @@ def _recorded_forms(model: str | None, adapter: str | None) -> list[dict[str, An
 
 ARCHS = ("qwen2_5_vl", "qwen3_vl")
 TINY_MODEL_VERSION = 1  # bump when the toy build changes; cached builds with another version are rebuilt
-SEEING_MODEL_VERSION = 1  # the same for the `seeing` size (its own counter, so the toy cache survives changes)
+SEEING_MODEL_VERSION = 1  # the same for the `seeing` sizes (own counter: the toy cache survives; their dims are checked too)
 TINY_SIZES = ("toy", "seeing", "seeing-grid")  # see _SIZE_DIMS
 MARKER_FILE = "arft_tiny.json"  # written last: its presence means the build completed
 
@@ -230,6 +230,12 @@ def _corpus_for(size: str) -> list[str]:
         # the micro text weighted ×4 so its frequent pieces (tags, code lines, colour words) become merges
         return _tokenizer_corpus() + _seeing_corpus() * 4
     raise ValueError(f"unknown tiny-model size {size!r}; choose one of {', '.join(TINY_SIZES)}")
+
+
+def _dims_digest(size: str) -> str:
+    """SHA-256 of a size's `_SIZE_DIMS` (the marker records it: an edited size, e.g. its rotary layout, rebuilds the
+    cached model without a version bump)."""
+    return hashlib.sha256(json.dumps(_SIZE_DIMS[size], sort_keys=True).encode("utf-8")).hexdigest()
 
 
 def corpus_digest(size: str) -> str:
@@ -559,7 +565,7 @@ def build_tiny_vlm(out_dir: str | os.PathLike, arch: str = "qwen2_5_vl", seed: i
     }
     if size != "toy":  # (the toy's marker keeps its original keys, byte for byte)
         info.update(note="randomly initialised tiny model; train it (cold-start SFT) before use", size=size,
-                    version=SEEING_MODEL_VERSION, corpus_sha256=corpus_digest(size))
+                    version=SEEING_MODEL_VERSION, corpus_sha256=corpus_digest(size), dims_sha256=_dims_digest(size))
     marker.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     log.info("built tiny %s/%s (%d parameters) in %s in %.1f s", arch, size, n_params, out, time.perf_counter() - t0)
     return out
@@ -577,7 +583,7 @@ def _marker_ok(path: Path, arch: str, seed: int, size: str = "toy") -> bool:
     if size == "toy":
         return same and marker.get("version") == TINY_MODEL_VERSION and "size" not in marker
     return (same and marker.get("size") == size and marker.get("version") == SEEING_MODEL_VERSION
-            and marker.get("corpus_sha256") == corpus_digest(size))
+            and marker.get("corpus_sha256") == corpus_digest(size) and marker.get("dims_sha256") == _dims_digest(size))
 
 
 def tiny_model_path(arch: str = "qwen2_5_vl", seed: int = 0, size: str = "toy") -> Path:
