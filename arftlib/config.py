@@ -36,6 +36,9 @@ class RunConfig:
     lora_alpha: int = 32  # LoRA scaling numerator (effective scale = alpha / r)
     lora_dropout: float = 0.05  # dropout on the LoRA branch
     lora_target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")  # language-model linears
+    merge_lora_for_generation: bool = False  # GRPO rollouts: fold the adapter into the weights while TRL samples
+    # (exact for an unquantised model, and the LoRA branch's extra matmuls and dropout are skipped), unfold after;
+    # unquantised LoRA only (a 4-bit merge is lossy: an error); nothing to fold under full fine-tuning
     torch_dtype: str = "float32"  # weights' dtype when not quantised: float32 on CPU, bfloat16 on GPU
     attn_implementation: str = "sdpa"  # "sdpa" everywhere; "flash_attention_2" if installed on GPU
     gradient_checkpointing: bool = False  # trade compute for memory (on for the big profiles)
@@ -266,6 +269,8 @@ MICRO_WORLD: dict[str, dict[str, Any]] = {
         lora_r=16,  # rank 16 on every linear of the language model
         lora_alpha=32,
         lora_target_modules=ALL_LINEAR,
+        merge_lora_for_generation=True,  # rollouts sample from the merged model: a generate call ~25 % faster on 2
+        # cores (batch 16, 100 tokens: 1.33 s → 0.99 s), so more GRPO steps fit the same minutes
         filter_zero_variance_groups=True,  # most groups of a warm-started policy agree: no signal, no update
         mask_unfinished_episodes=True,  # an episode that never answers teaches nothing about answering
         mask_truncated_completions=True,  # nor one cut at max_completion_length

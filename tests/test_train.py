@@ -318,6 +318,57 @@ def test_qlora_and_full_finetuning_run(coding_data, tmp_path, variant):
     assert Counter(t.training_step for t in _records(tmp_path)) == {1: 8}
 
 
+# ------------------------------------------------------------------------------------------------ merged sampling
+def test_merged_generation_samples_the_same_policy_and_restores_the_weights(coding_data, tmp_path):
+    """`merge_lora_for_generation`: every TRL sampling call runs with the adapter folded in (and only those), the
+    merged model computes the same logits as the unmerged one, and the base weights are back after training."""
+    import torch
+
+    cfg = _tiny(max_steps=2, merge_lora_for_generation=True)
+    b = T.build_trainer(cfg, "stepwise", data=coding_data, out_dir=tmp_path)
+    assert b.trainer.arft_merge_for_generation
+    model = b.trainer.model
+    lora_layers = [m for m in model.modules() if hasattr(m, "merged") and hasattr(m, "lora_A")]
+    assert lora_layers
+    base = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" not in n}
+    seen = []
+    generate = model.generate
+
+    def spy(*a, **k):
+        seen.append(all(m.merged for m in lora_layers))
+        return generate(*a, **k)
+
+    model.generate = spy
+    b.trainer.train()
+    b.traj_log.close()
+    assert seen and all(seen), "each sampling call ran on the merged model"
+    assert not any(m.merged for m in lora_layers), "unmerged after sampling"
+    for n, p in model.named_parameters():
+        if n in base:
+            assert torch.allclose(p, base[n], atol=1e-6), n  # merge + unmerge leaves the base weights
+    # the same policy: merged logits equal the adapter's (B made non-zero so the adapter matters)
+    for m in lora_layers:
+        for w in m.lora_B.values():
+            torch.nn.init.normal_(w.weight, std=0.5)
+    model.eval()
+    ids = torch.tensor([[1, 2, 3, 4, 5, 6]])
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+        model.merge_adapter()
+        merged = model(input_ids=ids).logits
+        model.unmerge_adapter()
+        with model.disable_adapter():
+            plain = model(input_ids=ids).logits
+    assert not torch.allclose(before, plain, atol=1e-4)
+    assert torch.allclose(before, merged, atol=1e-4)
+
+
+def test_merged_generation_refuses_a_quantised_model(coding_data, tmp_path):
+    cfg = _tiny(max_steps=1, quantization="4bit", merge_lora_for_generation=True)
+    with pytest.raises(ValueError, match="merge_lora_for_generation"):
+        T.build_trainer(cfg, "stepwise", data=coding_data, out_dir=tmp_path)
+
+
 # ------------------------------------------------------------------------------------------------ learning
 def test_learning_short_direction(tmp_path):
     """CI's short learning check: SFT warm start, then GRPO; the held-out reward goes up by a margin."""

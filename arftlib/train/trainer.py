@@ -255,6 +255,20 @@ def trainer_class():
         arft_masks: dict[str, Any] | None = None  # the opt-in loss masks (filled by build_trainer)
         arft_last_batch: dict[str, Any] | None = None  # (inputs, output) of the latest batch, for tests
         arft_keep_last_batch: bool = False
+        arft_merge_for_generation: bool = False  # cfg.merge_lora_for_generation (checked in build_trainer)
+
+        def _generate_single_turn(self, *args, **kwargs):
+            """TRL's sampling call; with `arft_merge_for_generation` the LoRA adapter is folded into the weights
+            for its duration (`merge_adapter`, then `unmerge_adapter` even on error): the same policy, sampled
+            without the LoRA branch's extra matmuls and dropout."""
+            if not self.arft_merge_for_generation:
+                return super()._generate_single_turn(*args, **kwargs)
+            peft_model = self.accelerator.unwrap_model(self.model)
+            peft_model.merge_adapter()
+            try:
+                return super()._generate_single_turn(*args, **kwargs)
+            finally:
+                peft_model.unmerge_adapter()
 
         def _generate_and_score_completions(self, inputs):
             output = super()._generate_and_score_completions(inputs)
@@ -515,6 +529,12 @@ def build_trainer(cfg: "RunConfig", mode: str = "stepwise", data: str | os.PathL
         else:
             os.environ["TENSORBOARD_LOGGING_DIR"] = old_tb
     trainer.arft_log = traj_log
+    if cfg.merge_lora_for_generation and cfg.finetune == "lora":  # full fine-tuning has no adapter to fold
+        if cfg.quantization:
+            raise ValueError(f"merge_lora_for_generation folds the LoRA adapter into the weights, which is lossy for "
+                             f"quantization={cfg.quantization!r} (profile {cfg.profile!r}); set "
+                             "merge_lora_for_generation=False")
+        trainer.arft_merge_for_generation = not cfg.use_vllm  # vLLM samples from its own copy of the weights
     trainer.arft_masks = {"filter_zero_variance_groups": bool(cfg.filter_zero_variance_groups),
                           "mask_unfinished_episodes": bool(cfg.mask_unfinished_episodes),
                           "num_generations": int(cfg.num_generations), "max_turns": int(cfg.max_turns)}
