@@ -63,6 +63,8 @@ class RunConfig:
     # --- generation -----------------------------------------------------------------------------------
     max_prompt_length: int | None = None  # prompt tokens kept (None: no truncation; images must not be cut)
     max_completion_length: int = 256  # tokens sampled per turn
+    turn_max_new_tokens: int | None = None  # GRPO rollouts: tokens one turn may sample (None: max_completion_length,
+    # TRL's default); agentic episodes still stop at max_completion_length in all
     temperature: float = 1.0  # sampling temperature in training rollouts
     eval_batch_size: int = 16  # episodes generated together in batched evaluation
     eval_max_new_tokens: int | None = None  # tokens per turn in evaluation (None: max_completion_length)
@@ -259,6 +261,9 @@ MICRO_WORLD: dict[str, dict[str, Any]] = {
         max_turns=4,  # problem → code → answer needs 3; one spare turn
         max_completion_length=320,  # a whole agentic episode's tokens (the three gold turns are ~100 + tool output)
         eval_max_new_tokens=96,  # one turn in evaluation (the longest gold turn, the code, is ≤ 85)
+        turn_max_new_tokens=96,  # one turn in training rollouts, as in evaluation: a batch's generate call runs until
+        # its longest row stops, and garbled turns ran to the episode's 320 (1/3 of the decode steps; such a turn
+        # is cut at 96 in evaluation anyway)
         eval_batch_size=32,  # episodes decoded together in evaluation
         num_generations=8,  # GRPO group size, as the paper
         per_device_train_batch_size=16,  # two groups per step

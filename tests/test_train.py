@@ -68,6 +68,11 @@ def test_grpo_config_from_profiles():
     assert args.log_completions is False
     agent = T.grpo_config(cfg, "agentic", "/tmp/x")
     assert agent.max_tool_calling_iterations == cfg.max_turns - 1
+    micro = get_config("tiny-cpu", benchmark="micro-coding")  # one turn samples what evaluation lets it
+    assert micro.turn_max_new_tokens == micro.eval_max_new_tokens
+    assert T.grpo_config(micro, "agentic", "/tmp/x").generation_kwargs == {"max_new_tokens": micro.turn_max_new_tokens}
+    with pytest.raises(ValueError, match="turn_max_new_tokens"):
+        T.grpo_config(cfg.replace(turn_max_new_tokens=0), "agentic", "/tmp/x")
     paper = get_config("paper-8gpu")
     assert Path(T.deepspeed_config_path(paper)).resolve() == (REPO_ROOT / "configs" / "zero3.json").resolve()
     import importlib.util
@@ -361,6 +366,16 @@ def test_merged_generation_samples_the_same_policy_and_restores_the_weights(codi
             plain = model(input_ids=ids).logits
     assert not torch.allclose(before, plain, atol=1e-4)
     assert torch.allclose(before, merged, atol=1e-4)
+
+
+def test_turn_max_new_tokens_caps_each_sampled_turn(coding_data, tmp_path):
+    cfg = _tiny(max_steps=1, max_completion_length=40, turn_max_new_tokens=5, temperature=1.0)
+    b = T.build_trainer(cfg, "stepwise", data=coding_data, out_dir=tmp_path)
+    b.trainer.arft_keep_last_batch = True
+    b.trainer.train()
+    b.traj_log.close()
+    lengths = b.trainer.arft_last_batch["output"]["completion_mask"].sum(1)
+    assert int(lengths.max()) <= 5 and int(lengths.min()) >= 1
 
 
 def test_merged_generation_refuses_a_quantised_model(coding_data, tmp_path):

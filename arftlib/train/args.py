@@ -90,7 +90,15 @@ def grpo_config(cfg: "RunConfig", mode: str, out_dir: str | os.PathLike, *, supp
             raise ImportError(f"profile {cfg.profile!r} trains with DeepSpeed ({deepspeed}) but the deepspeed package "
                               f"is not installed: `pip install deepspeed` on the GPU machine, then run it under "
                               f"`accelerate launch --config_file configs/accelerate_8gpu.yaml -m arftlib train ...`")
-    gen_kwargs = {"suppress_tokens": list(suppress_ids)} if suppress_ids and not use_vllm else None
+    gen_kwargs: dict[str, Any] = {"suppress_tokens": list(suppress_ids)} if suppress_ids and not use_vllm else {}
+    if cfg.turn_max_new_tokens is not None:
+        if use_vllm:
+            raise ValueError(f"turn_max_new_tokens={cfg.turn_max_new_tokens} caps transformers' generate per turn; "
+                             f"profile {cfg.profile!r} samples with vLLM (set turn_max_new_tokens=None)")
+        if int(cfg.turn_max_new_tokens) < 1:
+            raise ValueError(f"turn_max_new_tokens must be ≥ 1 or None, got {cfg.turn_max_new_tokens!r}")
+        gen_kwargs["max_new_tokens"] = min(int(cfg.turn_max_new_tokens), int(cfg.max_completion_length))
+    gen_kwargs = gen_kwargs or None
     kw: dict[str, Any] = dict(
         output_dir=str(out_dir),
         seed=cfg.seed,
