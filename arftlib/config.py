@@ -53,6 +53,10 @@ class RunConfig:
     protocol: str = "tags"  # "tags" (the paper: history in one user message) or "chat" (multi-turn chat)
     prompt_style: str = "reference"  # prompts: "reference" (the paper's, verbatim) | "compact" (same actions, a few lines) | "minimal" (one line)
     tool_format: str = "tags"  # agentic training's tool-call form: "tags" (the paper's actions) | "json" (Qwen tool calls)
+    question_after_image: bool = False  # chat: a code turn's observation repeats the question under the image it
+    # returns ("<query> q </query>", as the first message holds it), so the answer turn sees image + question as the
+    # first turn did; the tags layout already keeps the question with the processed image. False: the reference's
+    # chat reply (the image and a status line only)
     max_turns: int = 5  # turns per episode before the environment stops it (the reference uses 5)
     image_budget: int = 4  # tool-produced images an episode may add to the context
     search_backend: str = "local"  # local | retriever | serper | duckduckgo (see tools/search.py)

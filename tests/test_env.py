@@ -364,3 +364,34 @@ def test_training_data_and_the_live_env_render_search_hits_identically(search_ta
     assert obs.tool == "search" and obs.hits and obs.text.startswith("<information> ")
     assert obs.text in answer_row["context"]
     assert answer_row["context"].endswith(obs.text)
+
+
+def test_question_after_image_repeats_the_question_under_a_returned_image(coding_tasks, tmp_path):
+    """`question_after_image`: a code turn that returns an image is followed by the question (chat only), so the
+    answer turn sees image + question as the first turn did; failed code, tags and the default show no question."""
+    from arftlib.config import get_config
+    from arftlib.train.datasets import chat_stepwise_rows
+
+    task = coding_tasks[0]
+    q = f"<query> {task.question} </query>"
+    on = AgentEnv(protocol="chat", work_dir=tmp_path, question_after_image=True)
+    on.reset(**task_to_row(task, "chat"))
+    reply = on.run_code(CODE.split("```python\n")[1].split("```")[0])  # TRL's tool reply: image, then the text
+    assert reply[0]["type"] == "image" and reply[1]["text"].endswith("\n" + q)
+    assert on.run_code("raise RuntimeError('nope')")[0]["text"].count(task.question) == 0  # no image: no question
+    on.reset(**task_to_row(task, "chat"))
+    obs = on.step(CODE)  # a text turn: the same observation
+    assert obs.kind == "image" and obs.text == "The code ran. The processed image is shown.\n" + q
+    off = AgentEnv(protocol="chat", work_dir=tmp_path)
+    off.reset(**task_to_row(task, "chat"))
+    assert off.step(CODE).text == "The code ran. The processed image is shown."
+    tags = AgentEnv(protocol="tags", work_dir=tmp_path, question_after_image=True)
+    tags.reset(**task_to_row(task, "tags"))
+    assert tags.step(CODE).text == ""  # the tags layout keeps the question with the image already
+    # the warm start's gold-step rows come from the same environment: the answer row's last observation holds it
+    cfg = get_config("tiny-cpu", protocol="chat", question_after_image=True)
+    rows = chat_stepwise_rows(task, cfg, work_dir=str(tmp_path))
+    answer_row = next(r for r in rows if r["gold_action"] == "answer")
+    shown = [b.get("text", "") for m in answer_row["prompt"] for b in (m["content"] if isinstance(m["content"], list)
+                                                                      else [{"text": m["content"]}])]
+    assert sum(q in s for s in shown) == 2  # the first message and the observation under the restored image

@@ -259,6 +259,9 @@ def test_warm_start_key_tells_models_apart_that_share_every_weight(tmp_path):
     key = warm_start_key(cfg, [], WarmStartRecipe(), str(base))
     assert key == warm_start_key(cfg, [], WarmStartRecipe(), str(base))
     assert key != warm_start_key(cfg, [], WarmStartRecipe(), str(other))
+    # the question under a returned image shapes the gold rows: its own key; off, the keys cached before stay
+    assert key != warm_start_key(cfg.replace(question_after_image=True), [], WarmStartRecipe(), str(base))
+    assert key == warm_start_key(cfg.replace(question_after_image=False), [], WarmStartRecipe(), str(base))
     (other / "config.json").unlink()
     with pytest.raises(FileNotFoundError, match="config.json"):
         warm_start_key(cfg, [], WarmStartRecipe(), str(other))

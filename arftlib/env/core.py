@@ -228,6 +228,7 @@ class AgentEnv:
         code_runner: Any = None,
         tool_calls: bool | str = False,
         tools_off: bool = False,
+        question_after_image: bool | None = None,
     ):
         def pick(value: Any, name: str) -> Any:
             return _run_config_default(name) if value is None else value
@@ -271,6 +272,7 @@ class AgentEnv:
         self.keep_files = bool(keep_files)
         self._code_runner = code_runner
         self.tools_off = bool(tools_off)
+        self.question_after_image = bool(pick(question_after_image, "question_after_image"))
         # episode state
         self.task: Task | None = None
         self._trajectory: Trajectory | None = None
@@ -297,6 +299,7 @@ class AgentEnv:
             protocol=cfg.protocol, max_turns=cfg.max_turns, image_budget=cfg.image_budget,
             search_backend=cfg.search_backend, search_k=cfg.search_k, prompt_style=cfg.prompt_style,
             sandbox_timeout_s=cfg.sandbox_timeout_s, sandbox_memory_mb=cfg.sandbox_memory_mb,
+            question_after_image=cfg.question_after_image,
         )
         settings.update(overrides)
         return settings
@@ -647,8 +650,12 @@ class AgentEnv:
 
     def _code_observation(self, ok: bool, error: str | None = None, *, stdout: str = "", has_image: bool = False
                           ) -> str:
-        return P.format_observation_code(ok, error, protocol="chat" if self.protocol == "chat" else "tags",
-                                         stdout=stdout, has_image=has_image if ok else None)
+        chat = self.protocol == "chat"
+        text = P.format_observation_code(ok, error, protocol="chat" if chat else "tags", stdout=stdout,
+                                         has_image=has_image if ok else None)
+        if chat and ok and has_image and self.question_after_image:
+            text += "\n" + P.query_block(self._need_task().question)
+        return text
 
     def _run_code(self, code: str, turn: int) -> Observation:
         m = self.trajectory.metrics

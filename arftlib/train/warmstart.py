@@ -128,6 +128,8 @@ def warm_start_key(cfg: "RunConfig", tasks: Sequence["Task"], recipe: WarmStartR
     fields = {k: getattr(cfg, k) for k in ("protocol", "prompt_style", "tool_format", "image_size", "min_pixels",
                                            "max_pixels", "max_turns", "search_k", "torch_dtype", "lora_r",
                                            "lora_alpha", "lora_target_modules")}
+    if cfg.question_after_image:  # shapes the gold rows' code observations; keys cached without it stay valid
+        fields["question_after_image"] = True
     spec = {k: v for k, v in dataclasses.asdict(recipe).items()  # fields added later enter the key only when set,
             if not (k in _LATER_FIELDS and v == _LATER_FIELDS[k])}  # so every warm start cached before stays valid
     blob = json.dumps({"recipe": spec, "fields": fields, "tasks": _task_digest(tasks),
