@@ -226,7 +226,9 @@ def _seeing_stage(cfg: "RunConfig", clean: Sequence["Task"], clean_rows: Any, ta
                                    tool_episode_fraction=0.0, answer_steps=False, clean_answers=True,
                                    seeing_steps=recipe.seeing_steps, seeing_bare_answers=recipe.seeing_bare_answers,
                                    row_mean_loss=recipe.row_mean_loss, full=True, seed=recipe.seed)
-    final = cache_dir("warm-starts") / f"seeing-{warm_start_key(cfg, tasks, stage_recipe, base)}"
+    # its rows are one turn (no tool observation): question_after_image does not shape them, so keep it out of the key
+    key = warm_start_key(cfg.replace(question_after_image=False), tasks, stage_recipe, base)
+    final = cache_dir("warm-starts") / f"seeing-{key}"
     marker = final / MARKER
     if cache and marker.is_file():  # the folder, not the path recorded in it: a moved cache still works
         return {**json.loads(marker.read_text(encoding="utf-8")), "model": str(final), "reused": True}
