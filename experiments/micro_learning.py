@@ -30,7 +30,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FRESH_WORLDS", "METHODS", "answer_spread", "compare_methods", "comparison_table", "default_recipe",
+__all__ = ["FRESH_WORLDS", "METHODS", "answer_spread", "answer_step_check", "compare_methods", "comparison_table", "default_recipe",
            "evaluate_policy", "fresh_world_tasks", "micro_learning", "micro_setup", "rl_training_tasks", "seeing_check"]
 
 METHODS = ("agentic", "stepwise", "sft")
@@ -134,6 +134,69 @@ def seeing_check(cfg: Any, model: str, adapter: str | None, tasks: Sequence[Any]
         row["f1"] = round(100.0 * row["f1"] / max(1, row["n"]), 2)
         row["answers"] = len(row.pop("given"))
     return {"f1": res["f1"], "n": res["n"], "by_type": dict(sorted(by_type.items())), "dir": str(out)}
+
+
+def answer_step_check(cfg: Any, model: str, adapter: str | None, tasks: Sequence[Any], out: str | os.PathLike, *,
+                      protocol: str = "chat", question_types: Sequence[str] | None = ("color", "position"),
+                      max_new_tokens: int = 32) -> dict[str, Any]:
+    """Can the policy read the image at the ANSWER turn of an episode? Each task's gold steps before the answer
+    (diagnosis, code — the code runs, so a rotation comes back exactly restored) are played through the
+    environment, then the policy writes the answer turn alone, greedy. `{"n", "correct", "by_type": {type: {"n",
+    "answered", "correct", "answers", "chance"}}, "dir"}`, types split "/rotated" when a rotation was repaired.
+    Next to `seeing_check` (the same questions asked at once on the clean image) it tells eyes that work from eyes
+    that work only where they were trained: measured on `seeing-grid` warm starts (README "After a repair"),
+    position 82–95 % asked at once, 11–16 of 39 (chance 10) after the gold repair."""
+    import collections
+
+    from arftlib.env import make_env
+    from arftlib.env.core import AgentEnv
+    from arftlib.policies import load_policy_for_eval
+    from arftlib.rollout import run_episodes
+    from arftlib.turns import gold_tool_turns, gold_turns
+
+    picked = [t for t in tasks if question_types is None
+              or (t.metadata or {}).get("question_type") in set(question_types)]
+    if not picked:
+        raise ValueError(f"answer_step_check: no task of types {question_types} among {len(tasks)}")
+    settings = AgentEnv.settings_from_config(cfg, protocol=protocol,
+                                             tool_calls=cfg.tool_format if protocol == "chat" else False)
+
+    def at_answer_step() -> AgentEnv:
+        env = make_env(**settings)
+
+        def reset(task: Any = None, **kw: Any) -> None:  # reset, then the gold turns before the answer
+            type(env).reset(env, task, **kw)
+            turns = gold_tool_turns(env.task) if env.tool_format == "json" else gold_turns(env.task)
+            for text in turns[:-1]:
+                env.step(text)
+                env.trajectory.steps[-1].scored = False
+            env.trajectory.start_step = len(turns) - 1
+
+        env.reset = reset
+        return env
+
+    policy = load_policy_for_eval(model, max_new_tokens=max_new_tokens, temperature=0.0, use_vllm=False,
+                                  seed=cfg.seed, load_kwargs={"torch_dtype": cfg.torch_dtype,
+                                                              "min_pixels": cfg.min_pixels,
+                                                              "max_pixels": cfg.max_pixels, "adapter": adapter})
+    trajs = run_episodes(picked, policy, protocol=protocol, batch_size=int(cfg.eval_batch_size),
+                         env_factory=at_answer_step, writer=Path(out) / "trajectories", progress=False)
+    by_type: dict[str, dict[str, Any]] = {}
+    for t in trajs:
+        meta = t.task.metadata or {}
+        rotated = any(str(d).startswith("rotation") for d in t.task.degradations)
+        row = by_type.setdefault(f"{meta.get('question_type', '?')}{'/rotated' if rotated else ''}",
+                                 {"n": 0, "answered": 0, "correct": 0, "given": set(), "chance": None})
+        row["n"] += 1
+        row["answered"] += bool(t.final_answer)
+        row["correct"] += float(t.metrics.get("f1") or 0.0) >= 1.0
+        row["given"].add((t.final_answer or "").strip().lower())
+        if meta.get("choices"):
+            row["chance"] = round(100.0 / len(meta["choices"]), 1)
+    for row in by_type.values():
+        row["answers"] = len(row.pop("given"))
+    return {"n": len(trajs), "correct": sum(r["correct"] for r in by_type.values()),
+            "by_type": dict(sorted(by_type.items())), "dir": str(out)}
 
 
 def answer_spread(eval_dir: str | os.PathLike) -> list[dict[str, Any]]:

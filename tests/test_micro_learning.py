@@ -307,3 +307,26 @@ def test_isolated_warm_start_worker_ends_when_its_parent_is_killed(tmp_path):
     if running(worker):
         os.kill(worker, signal.SIGKILL)
         raise AssertionError(f"pool worker {worker} outlived its killed parent by 20 s")
+
+
+def test_answer_step_check_plays_the_gold_steps_then_asks_only_the_answer(tmp_path):
+    """`answer_step_check`: the gold diagnosis and code are played (the code runs), the policy writes the answer turn
+    alone. The oracle answers every question right from there; every episode has one scored step, the answer."""
+    from experiments.micro_learning import answer_step_check, micro_setup
+    from arftlib.trajectories import read_trajectories
+
+    _, cfg, _, test_tasks, _ = micro_setup(tmp_path / "setup", kind="coding", n_tasks=40)
+    res = answer_step_check(cfg, "oracle", None, test_tasks, tmp_path / "answer_step")
+    picked = [t for t in test_tasks if t.metadata.get("question_type") in ("color", "position")]
+    assert res["n"] == len(picked) > 0 and res["correct"] == res["n"]
+    assert sum(r["n"] for r in res["by_type"].values()) == res["n"]
+    assert all(k.split("/")[0] in ("color", "position") for k in res["by_type"])
+    trajs = read_trajectories(tmp_path / "answer_step" / "trajectories", resolve_images=False)
+    assert len(trajs) == res["n"]
+    for t in trajs:
+        scored = [s for s in t.steps if s.scored]
+        assert len(scored) == 1 and scored[0].action.kind == "answer" and t.start_step == len(t.steps) - 1
+        if any(d.startswith("rotation") for d in t.task.degradations):  # the gold code ran and returned an image
+            assert any(s.observation is not None and s.observation.kind == "image" for s in t.steps[:-1])
+    with pytest.raises(ValueError, match="no task of types"):
+        answer_step_check(cfg, "oracle", None, test_tasks, tmp_path / "none", question_types=("nope",))
