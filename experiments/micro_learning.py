@@ -30,8 +30,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FRESH_WORLDS", "METHODS", "answer_spread", "answer_step_check", "compare_methods", "comparison_table", "default_recipe",
-           "evaluate_policy", "fresh_world_tasks", "micro_learning", "micro_setup", "rl_training_tasks", "seeing_check"]
+__all__ = ["FRESH_WORLDS", "METHODS", "answer_spread", "answer_step_check", "compare_methods", "comparison_table",
+           "default_recipe", "evaluate_policy", "fresh_world_tasks", "micro_learning", "micro_setup",
+           "rl_training_tasks", "seeing_check"]
 
 METHODS = ("agentic", "stepwise", "sft")
 SEEING_STEPS = 150  # notebook 04's default seeing stage (bare-word clean answers) before the gold steps
@@ -121,19 +122,32 @@ def seeing_check(cfg: Any, model: str, adapter: str | None, tasks: Sequence[Any]
     if not clean:
         return None
     res = evaluate_policy(cfg, model, adapter, clean, out, kind=kind, n_boot=50)
-    by_type: dict[str, dict[str, Any]] = {}
-    for tr in read_trajectories(Path(out) / "trajectories", resolve_images=False):
-        meta = tr.task.metadata
-        row = by_type.setdefault(meta.get("question_type", "?"), {"n": 0, "f1": 0.0, "chance": None, "given": set()})
+    tally = _tally_by_type(read_trajectories(Path(out) / "trajectories", resolve_images=False))
+    by_type = {k: {"n": r["n"], "f1": round(100.0 * r["f1"] / max(1, r["n"]), 2), "chance": r["chance"],
+                   "answers": r["answers"]} for k, r in tally.items()}
+    return {"f1": res["f1"], "n": res["n"], "by_type": by_type, "dir": str(out)}
+
+
+def _tally_by_type(trajs: Sequence[Any], *, split_rotated: bool = False) -> dict[str, dict[str, Any]]:
+    """Per question type (`/rotated` appended when `split_rotated` and a rotation was repaired), sorted: n,
+    answered, correct (F1 = 1), f1 (the sum), answers (distinct ones, "" for none) and chance (100 / choices)."""
+    rows: dict[str, dict[str, Any]] = {}
+    for t in trajs:
+        meta = t.task.metadata or {}
+        rotated = split_rotated and any(str(d).startswith("rotation") for d in t.task.degradations)
+        row = rows.setdefault(f"{meta.get('question_type', '?')}{'/rotated' if rotated else ''}",
+                              {"n": 0, "answered": 0, "correct": 0, "f1": 0.0, "given": set(), "chance": None})
+        f1 = float(t.metrics.get("f1") or 0.0)
         row["n"] += 1
-        row["f1"] += float(tr.metrics.get("f1") or 0.0)
-        row["given"].add((tr.final_answer or "").strip().lower())
+        row["answered"] += bool(t.final_answer)
+        row["correct"] += f1 >= 1.0
+        row["f1"] += f1
+        row["given"].add((t.final_answer or "").strip().lower())
         if meta.get("choices"):
             row["chance"] = round(100.0 / len(meta["choices"]), 1)
-    for row in by_type.values():
-        row["f1"] = round(100.0 * row["f1"] / max(1, row["n"]), 2)
+    for row in rows.values():
         row["answers"] = len(row.pop("given"))
-    return {"f1": res["f1"], "n": res["n"], "by_type": dict(sorted(by_type.items())), "dir": str(out)}
+    return dict(sorted(rows.items()))
 
 
 def answer_step_check(cfg: Any, model: str, adapter: str | None, tasks: Sequence[Any], out: str | os.PathLike, *,
@@ -146,13 +160,10 @@ def answer_step_check(cfg: Any, model: str, adapter: str | None, tasks: Sequence
     Next to `seeing_check` (the same questions asked at once on the clean image) it tells eyes that work from eyes
     that work only where they were trained: measured on `seeing-grid` warm starts (README "After a repair"),
     position 82–95 % asked at once, 11–16 of 39 (chance 10) after the gold repair."""
-    import collections
-
     from arftlib.env import make_env
     from arftlib.env.core import AgentEnv
     from arftlib.policies import load_policy_for_eval
     from arftlib.rollout import run_episodes
-    from arftlib.turns import gold_tool_turns, gold_turns
 
     picked = [t for t in tasks if question_types is None
               or (t.metadata or {}).get("question_type") in set(question_types)]
@@ -166,11 +177,7 @@ def answer_step_check(cfg: Any, model: str, adapter: str | None, tasks: Sequence
 
         def reset(task: Any = None, **kw: Any) -> None:  # reset, then the gold turns before the answer
             type(env).reset(env, task, **kw)
-            turns = gold_tool_turns(env.task) if env.tool_format == "json" else gold_turns(env.task)
-            for text in turns[:-1]:
-                env.step(text)
-                env.trajectory.steps[-1].scored = False
-            env.trajectory.start_step = len(turns) - 1
+            env.play_gold_prefix(-1)
 
         env.reset = reset
         return env
@@ -181,22 +188,10 @@ def answer_step_check(cfg: Any, model: str, adapter: str | None, tasks: Sequence
                                                               "max_pixels": cfg.max_pixels, "adapter": adapter})
     trajs = run_episodes(picked, policy, protocol=protocol, batch_size=int(cfg.eval_batch_size),
                          env_factory=at_answer_step, writer=Path(out) / "trajectories", progress=False)
-    by_type: dict[str, dict[str, Any]] = {}
-    for t in trajs:
-        meta = t.task.metadata or {}
-        rotated = any(str(d).startswith("rotation") for d in t.task.degradations)
-        row = by_type.setdefault(f"{meta.get('question_type', '?')}{'/rotated' if rotated else ''}",
-                                 {"n": 0, "answered": 0, "correct": 0, "given": set(), "chance": None})
-        row["n"] += 1
-        row["answered"] += bool(t.final_answer)
-        row["correct"] += float(t.metrics.get("f1") or 0.0) >= 1.0
-        row["given"].add((t.final_answer or "").strip().lower())
-        if meta.get("choices"):
-            row["chance"] = round(100.0 / len(meta["choices"]), 1)
-    for row in by_type.values():
-        row["answers"] = len(row.pop("given"))
-    return {"n": len(trajs), "correct": sum(r["correct"] for r in by_type.values()),
-            "by_type": dict(sorted(by_type.items())), "dir": str(out)}
+    by_type = {k: {f: r[f] for f in ("n", "answered", "correct", "chance", "answers")}
+               for k, r in _tally_by_type(trajs, split_rotated=True).items()}
+    return {"n": len(trajs), "correct": sum(r["correct"] for r in by_type.values()), "by_type": by_type,
+            "dir": str(out)}
 
 
 def answer_spread(eval_dir: str | os.PathLike) -> list[dict[str, Any]]:

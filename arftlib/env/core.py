@@ -429,14 +429,21 @@ class AgentEnv:
         """Start an episode at gold step `start_step` (a step-wise sample): the gold turns before it are acted on
         (their tools run) and recorded as context (`Step.scored = False`); the next `step()` is the policy's."""
         self.reset(task, **reset_kwargs)
+        self.play_gold_prefix(start_step)
+
+    @not_a_tool
+    def play_gold_prefix(self, start_step: int) -> None:
+        """On a fresh episode: act on the gold turns before gold step `start_step` (their tools run), recorded as
+        context (`Step.scored = False`). A negative `start_step` counts from the end: -1 is the answer step."""
         t = self._need_task()
         turns = gold_tool_turns(t) if self.tool_format == "json" else gold_turns(t)
-        if not 0 <= start_step < len(turns):
+        step = start_step + len(turns) if start_step < 0 else start_step
+        if not 0 <= step < len(turns):
             raise ValueError(f"task {t.id!r}: start_step {start_step} is outside its gold chain ({len(turns)} steps)")
-        for text in turns[:start_step]:
+        for text in turns[:step]:
             self.step(text)
             self.trajectory.steps[-1].scored = False
-        self.trajectory.start_step = int(start_step)
+        self.trajectory.start_step = int(step)
 
     # ---------------------------------------------------------------------------------------------- tools (TRL)
     def search(self, query: str) -> str:
