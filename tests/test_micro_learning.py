@@ -162,6 +162,40 @@ def test_seeing_stage_rows_are_the_bare_word(tmp_path):
     assert WarmStartRecipe().seeing_bare_answers is True
 
 
+def test_seeing_filler_puts_varied_neutral_words_between_image_and_question(tmp_path):
+    """`seeing_filler_words` / `seeing_copies`: every clean question `seeing_copies` times, each with its own
+    0..N words of `FILLER_WORDS` before the question (none of them an answer word), so the image-to-answer
+    distance varies; the gold turn stays the bare word. At their defaults the rows and the cache key are as before."""
+    from experiments.micro_learning import micro_setup
+    from arftlib.models import model_path_for
+    from arftlib.train.warmstart import (FILLER_WORDS, WarmStartRecipe, bare_answer_task, clean_answer_task,
+                                         seeing_rows_tasks, warm_start_key)
+    from arftlib.turns import gold_turns
+
+    _, cfg, train_tasks, _, _ = micro_setup(tmp_path / "setup", kind="coding", n_tasks=30)
+    clean = [c for c in map(clean_answer_task, train_tasks) if c is not None]
+    plain = seeing_rows_tasks(clean, WarmStartRecipe())
+    assert [(t.id, t.question, t.gold_chain) for t in plain] == [
+        (t.id, t.question, t.gold_chain) for t in map(bare_answer_task, clean)]
+    recipe = WarmStartRecipe(seeing_filler_words=12, seeing_copies=3)
+    rows = seeing_rows_tasks(clean, recipe)
+    assert len(rows) == 3 * len(clean) and len({t.id for t in rows}) == len(rows)
+    answers = {a.lower() for t in train_tasks for a in t.answers}
+    lengths = set()
+    for row, orig in zip(rows, clean * 3):
+        filler = row.question[: len(row.question) - len(orig.question)].split()
+        assert row.question.endswith(orig.question) and set(filler) <= set(FILLER_WORDS)
+        assert not set(filler) & answers
+        assert gold_turns(row) == [f"<answer> {orig.answers[0]} </answer>"]
+        lengths.add(len(filler))
+    assert len(lengths) > 5 and max(lengths) <= 12  # the distance varies, within the bound
+    assert seeing_rows_tasks(clean, recipe) == rows  # seeded: the same rows every time
+    base = model_path_for(cfg)
+    assert warm_start_key(cfg, train_tasks, WarmStartRecipe(), base) == warm_start_key(
+        cfg, train_tasks, WarmStartRecipe(seeing_filler_words=0, seeing_copies=1), base)
+    assert warm_start_key(cfg, train_tasks, recipe, base) != warm_start_key(cfg, train_tasks, WarmStartRecipe(), base)
+
+
 def test_default_recipe_is_notebook_04s_warm_start():
     """`compare` and `micro_learning()` without a recipe start from the warm start notebook 04 reports (its
     SEEING_STEPS / READING_STEPS / WARM_STEPS / TOOL_EPISODES / TAGS_LAYOUT parameters); micro-search has no clean

@@ -58,6 +58,12 @@ class WarmStartRecipe:
     # per step than the mixed rows): a random policy needs hundreds of steps before its answers depend on the image
     # (measured: 150 mixed steps left it answering one word per question type, at chance on clean images)
     seeing_batch_size: int = 32  # rows per step of the seeing stage
+    seeing_filler_words: int = 0  # > 0: each seeing row gets 0..N neutral words (`FILLER_WORDS`, drawn per row) between
+    # the image and the question, in `seeing_copies` copies of every clean question, so the answer is read at varied
+    # distances from the image, as the answer turn of an episode reads it. Measured (README "Where the reading is
+    # tied", 350 steps, 60 words, 3 copies): Qwen3-VL `seeing` (position in its patches' content) 100 % position at
+    # turn one and 69 of 70 after a gold repair; `seeing-grid` (position only as rotary phase) did not learn position
+    seeing_copies: int = 1  # each clean question this many times in the seeing stage (with its own filler each time)
     seeing_bare_answers: bool = True  # the seeing stage's rows are "<answer> X </answer>", no think before the word
     # (a think there slows learning to see several times: `experiments/micro_probe.py --answer-form`); the gold-steps
     # stage then teaches the think-first format. Measured (150 seeing steps, 136 s): clean colour 57 % bare vs one
@@ -80,7 +86,10 @@ class WarmStartRecipe:
 
 
 # recipe fields added after key version 1, with their defaults (a field at its default stays out of the key)
-_LATER_FIELDS = {"reading_steps": 0, "reading_batch_size": 32, "tags_rows": False}
+_LATER_FIELDS = {"reading_steps": 0, "reading_batch_size": 32, "tags_rows": False, "seeing_filler_words": 0,
+                 "seeing_copies": 1}
+# neutral words (no answer, colour, shape or side among them) a seeing row's filler is drawn from
+FILLER_WORDS = tuple("look at the image and read it then answer step code restore tool turn".split())
 
 
 def _task_digest(tasks: Sequence["Task"]) -> str:
@@ -143,6 +152,29 @@ def bare_answer_task(clean: "Task") -> "Task":
     `seeing_bare_answers` rows)."""
     step = {"action": "answer", "content": f"<answer> {clean.answers[0]} </answer>"}
     return dataclasses.replace(clean, gold_chain=[step])
+
+
+def seeing_rows_tasks(clean: Sequence["Task"], recipe: WarmStartRecipe) -> list["Task"]:
+    """The seeing stage's tasks: each clean question `recipe.seeing_copies` times (bare answers when
+    `seeing_bare_answers`), with `0..seeing_filler_words` words of `FILLER_WORDS` before the question (drawn per
+    row, seeded by `recipe.seed`), so the image-to-answer distance varies from row to row.
+
+    >>> from arftlib.types import Task
+    >>> t = Task(id="a~clean", question="What colour?", images=["x.png"], answers=["red"], kind="coding")
+    >>> rows = seeing_rows_tasks([t], WarmStartRecipe(seeing_filler_words=5, seeing_copies=3))
+    >>> [r.id for r in rows], all(r.question.endswith("What colour?") for r in rows)
+    (['a~clean~c0', 'a~clean~c1', 'a~clean~c2'], True)
+    """
+    rng = random.Random(recipe.seed)
+    out = []
+    for copy in range(max(1, recipe.seeing_copies)):
+        for c in clean:
+            row = bare_answer_task(c) if recipe.seeing_bare_answers else c
+            n = rng.randint(0, recipe.seeing_filler_words) if recipe.seeing_filler_words > 0 else 0
+            question = " ".join([rng.choice(FILLER_WORDS) for _ in range(n)] + [row.question])
+            out.append(dataclasses.replace(row, id=f"{row.id}~c{copy}" if recipe.seeing_copies > 1 else row.id,
+                                           question=question))
+    return out
 
 
 def clean_answer_task(task: "Task") -> "Task | None":
@@ -225,6 +257,7 @@ def _seeing_stage(cfg: "RunConfig", clean: Sequence["Task"], clean_rows: Any, ta
     stage_recipe = WarmStartRecipe(steps=0, learning_rate=recipe.learning_rate, batch_size=recipe.seeing_batch_size,
                                    tool_episode_fraction=0.0, answer_steps=False, clean_answers=True,
                                    seeing_steps=recipe.seeing_steps, seeing_bare_answers=recipe.seeing_bare_answers,
+                                   seeing_filler_words=recipe.seeing_filler_words, seeing_copies=recipe.seeing_copies,
                                    row_mean_loss=recipe.row_mean_loss, full=True, seed=recipe.seed)
     # its rows are one turn (no tool observation): question_after_image does not shape them, so keep it out of the key
     key = warm_start_key(cfg.replace(question_after_image=False), tasks, stage_recipe, base)
@@ -232,10 +265,10 @@ def _seeing_stage(cfg: "RunConfig", clean: Sequence["Task"], clean_rows: Any, ta
     marker = final / MARKER
     if cache and marker.is_file():  # the folder, not the path recorded in it: a moved cache still works
         return {**json.loads(marker.read_text(encoding="utf-8")), "model": str(final), "reused": True}
-    if recipe.seeing_bare_answers:  # built only when the stage runs (a cached stage needs no rows)
-        from arftlib.train.datasets import make_dataset
+    if recipe.seeing_bare_answers or recipe.seeing_filler_words or recipe.seeing_copies > 1:  # built only when the
+        from arftlib.train.datasets import make_dataset  # stage runs (a cached stage needs no rows)
 
-        clean_rows = make_dataset([bare_answer_task(c) for c in clean], cfg, "stepwise", seed=recipe.seed)
+        clean_rows = make_dataset(seeing_rows_tasks(clean, recipe), cfg, "stepwise", seed=recipe.seed)
     res = sft_warm_start(cfg, clean_rows, work / "seeing", max_steps=recipe.seeing_steps,
                          learning_rate=recipe.learning_rate, batch_size=recipe.seeing_batch_size, model=base, full=True,
                          callbacks=callbacks, row_mean_loss=recipe.row_mean_loss)
