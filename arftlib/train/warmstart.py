@@ -165,12 +165,15 @@ def seeing_rows_tasks(clean: Sequence["Task"], recipe: WarmStartRecipe) -> list[
     >>> [r.id for r in rows], all(r.question.endswith("What colour?") for r in rows)
     (['a~clean~c0', 'a~clean~c1', 'a~clean~c2'], True)
     """
+    if recipe.seeing_copies < 1 or recipe.seeing_filler_words < 0:
+        raise ValueError(f"WarmStartRecipe: seeing_copies must be >= 1 and seeing_filler_words >= 0, not "
+                         f"{recipe.seeing_copies} / {recipe.seeing_filler_words}")
     rng = random.Random(recipe.seed)
     out = []
-    for copy in range(max(1, recipe.seeing_copies)):
+    for copy in range(recipe.seeing_copies):
         for c in clean:
             row = bare_answer_task(c) if recipe.seeing_bare_answers else c
-            n = rng.randint(0, recipe.seeing_filler_words) if recipe.seeing_filler_words > 0 else 0
+            n = rng.randint(0, recipe.seeing_filler_words) if recipe.seeing_filler_words else 0
             question = " ".join([rng.choice(FILLER_WORDS) for _ in range(n)] + [row.question])
             out.append(dataclasses.replace(row, id=f"{row.id}~c{copy}" if recipe.seeing_copies > 1 else row.id,
                                            question=question))
