@@ -368,6 +368,11 @@ def run_eval(
     form = trained_form_of(model, adapter)
     if form and protocol is None and tool_calls is None:  # evaluate in the form it was trained in
         protocol, tool_calls = form["protocol"], form.get("tool_format") or False
+    qai = form.get("question_after_image") if form else None  # absent in forms written before it was recorded
+    if qai is not None and bool(qai) != bool(cfg.question_after_image):
+        log.warning("%s was trained with question_after_image=%s: evaluated the same way (the config said %s)",
+                    adapter or model, bool(qai), bool(cfg.question_after_image))
+        cfg = cfg.replace(question_after_image=bool(qai))
     protocol = protocol or cfg.protocol
     if tool_calls is None:
         tool_calls = cfg.tool_format if protocol == "chat" and form else False

@@ -59,9 +59,11 @@ TRAINED_FORM_FILE = "arft_trained_form.json"  # next to a trained model / adapte
 
 
 def trained_form(cfg: "RunConfig", mode: str) -> dict[str, Any]:
-    """How the episodes a model was trained on were written: protocol, TRL tool-call form, prompt style."""
+    """How the episodes a model was trained on were written: protocol, TRL tool-call form, prompt style, and whether a
+    code turn's observation repeated the question under its image (`question_after_image`)."""
     return {"mode": mode, "protocol": cfg.protocol, "tool_format": cfg.tool_format if cfg.protocol == "chat" else None,
-            "prompt_style": cfg.prompt_style, "profile": cfg.profile}
+            "prompt_style": cfg.prompt_style, "question_after_image": bool(cfg.question_after_image),
+            "profile": cfg.profile}
 
 
 def trained_form_of(model: str | None, adapter: str | None) -> dict[str, Any] | None:

@@ -36,20 +36,27 @@ __all__ = ["FRESH_WORLDS", "METHODS", "answer_spread", "answer_step_check", "com
 
 METHODS = ("agentic", "stepwise", "sft")
 SEEING_STEPS = 150  # notebook 04's default seeing stage (bare-word clean answers) before the gold steps
+SEEING_FILLER_WORDS = 60  # ... with 0-60 neutral words between image and question, so the reading does not depend
+SEEING_COPIES = 3  # on one image-to-answer distance; each clean row this many times, each with its own filler
+WARM_STEPS = 120  # micro-coding's gold-steps stage (micro-search keeps WarmStartRecipe's 150)
 READING_STEPS = 300  # notebook 04's default reading stage for micro-search (answer steps, names re-drawn every row)
 FRESH_WORLDS = 2  # micro-search: GRPO (and every method compared) trains on this many other worlds' train splits
 
 
 def default_recipe(kind: str = "coding", seed: int = 0, seeing_steps: int | None = None) -> Any:
-    """Notebook 04's warm start: `WarmStartRecipe` defaults (150 gold-steps steps, 15 % gold episodes) after a
-    seeing stage of `SEEING_STEPS` bare-word clean answers (micro-coding) or a reading stage of `READING_STEPS`
-    relabelled answer steps (micro-search, whose images have no clean version). The comparison (`compare_methods`, `python -m arftlib compare`) and `micro_learning` without a recipe
-    start from it, so their "before" is the warm start notebook 04 reports."""
+    """Notebook 04's warm start. micro-coding: a seeing stage of `SEEING_STEPS` bare-word clean answers, each row
+    `SEEING_COPIES` times with 0-`SEEING_FILLER_WORDS` neutral words between image and question, then `WARM_STEPS`
+    gold-steps steps. micro-search (its images have no clean version): a reading stage of `READING_STEPS`
+    relabelled answer steps, then `WarmStartRecipe`'s 150. Both: 15 % gold episodes. The comparison
+    (`compare_methods`, `python -m arftlib compare`) and `micro_learning` without a recipe start from it, so their
+    "before" is the warm start notebook 04 reports."""
     from arftlib.train.warmstart import WarmStartRecipe
 
+    if kind == "search":
+        return WarmStartRecipe(seeing_steps=0, reading_steps=READING_STEPS, seed=int(seed))
     steps = SEEING_STEPS if seeing_steps is None else int(seeing_steps)
-    return WarmStartRecipe(seeing_steps=steps if kind == "coding" else 0,
-                           reading_steps=READING_STEPS if kind == "search" else 0, seed=int(seed))
+    return WarmStartRecipe(steps=WARM_STEPS, seeing_steps=steps, seeing_filler_words=SEEING_FILLER_WORDS,
+                           seeing_copies=SEEING_COPIES, seed=int(seed))
 
 
 def micro_setup(out_dir: str | os.PathLike, *, kind: str = "coding", profile: str = "tiny-cpu", n_tasks: int | None = None,

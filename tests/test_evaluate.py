@@ -130,3 +130,34 @@ def test_tiny_model_eval_and_bench(builds, fixture, tmp_path):
     assert r["n_tasks"] == 4 and r["max_turns"] == 2 and r["batched"]["generate_calls"] == 2
     assert r["sequential"]["generate_calls"] == r["sequential"]["turns"]
     assert r["ratio"] == pytest.approx(r["batched_eps_per_s"] / r["sequential_eps_per_s"], rel=0.01)
+
+
+def test_eval_follows_the_recorded_question_after_image(builds, tmp_path, caplog):
+    """A model trained with `question_after_image` (recorded in its `TRAINED_FORM_FILE`) is evaluated with it even
+    when the config says otherwise — the answer turn then sees the question under the restored image as in
+    training — with a warning; a form that recorded False keeps the question out."""
+    import logging
+
+    from arftlib.config import get_config
+    from arftlib.models import TRAINED_FORM_FILE
+    from arftlib.policies import ScriptedPolicy
+    from arftlib.trajectories import read_trajectories
+
+    questions_under_images = {}
+    for qai in (True, False):
+        model = tmp_path / f"model-{qai}"
+        model.mkdir()
+        (model / TRAINED_FORM_FILE).write_text(json.dumps({"mode": "sft", "protocol": "chat", "tool_format": "tags",
+                                                           "prompt_style": "minimal", "question_after_image": qai}))
+        cfg = get_config("tiny-cpu", question_after_image=not qai)
+        with caplog.at_level(logging.WARNING, logger="arftlib.evaluate"):
+            s = run_eval("synth-coding", builds[0], str(model), None, tmp_path / f"out-{qai}", cfg=cfg, n_boot=50,
+                         progress=False, policy=ScriptedPolicy(), limit=3)
+        assert s["protocol"] == "chat" and s["agent"]["scores"]["reference"]["f1"] >= 99.0
+        assert any(f"question_after_image={qai}" in r.getMessage() for r in caplog.records)
+        trajs = read_trajectories(tmp_path / f"out-{qai}" / "trajectories", resolve_images=False)
+        under_images = [t.task.question in st.observation.text for t in trajs for st in t.steps
+                        if st.observation is not None and st.observation.kind == "image"]
+        assert under_images, "the gold chains run code that returns an image"
+        questions_under_images[qai] = sum(under_images)
+    assert questions_under_images[True] > 0 and questions_under_images[False] == 0

@@ -206,12 +206,18 @@ def test_default_recipe_is_notebook_04s_warm_start():
     from experiments.micro_learning import default_recipe
 
     src = (Path(__file__).resolve().parents[1] / "notebooks" / "src" / "04_grpo_training.py").read_text()
-    params = dict(re.findall(r"^(SEEING_STEPS|READING_STEPS|WARM_STEPS|TOOL_EPISODES) = ([\d.]+)", src, re.M))
+    params = dict(re.findall(r"^(SEEING_STEPS|SEEING_FILLER_WORDS|SEEING_COPIES|READING_STEPS|WARM_STEPS|"
+                             r"SEARCH_WARM_STEPS|TOOL_EPISODES) = ([\d.]+)", src, re.M))
+    assert len(params) == 7, params
     coding = default_recipe("coding", 0)
-    assert (coding.seeing_steps, coding.steps, coding.tool_episode_fraction) == (
-        int(params["SEEING_STEPS"]), int(params["WARM_STEPS"]), float(params["TOOL_EPISODES"]))
+    assert (coding.seeing_steps, coding.seeing_filler_words, coding.seeing_copies, coding.steps,
+            coding.tool_episode_fraction) == (int(params["SEEING_STEPS"]), int(params["SEEING_FILLER_WORDS"]),
+                                              int(params["SEEING_COPIES"]), int(params["WARM_STEPS"]),
+                                              float(params["TOOL_EPISODES"]))
     search = default_recipe("search", 3)
-    assert (search.seeing_steps, search.reading_steps, search.seed) == (0, int(params["READING_STEPS"]), 3)
+    assert (search.seeing_steps, search.reading_steps, search.steps, search.seed) == (
+        0, int(params["READING_STEPS"]), int(params["SEARCH_WARM_STEPS"]), 3)
+    assert (search.seeing_filler_words, search.seeing_copies) == (0, 1)
     assert coding.reading_steps == 0
     tags_layout = re.search(r"^TAGS_LAYOUT = (True|False)", src, re.M).group(1)
     assert coding.tags_rows is search.tags_rows is (tags_layout == "True")

@@ -1,14 +1,16 @@
 # %% [markdown]
 # # 04 · Teaching a policy to use its tools: warm start → agentic GRPO, measured held-out with live tools
 #
-# The story of this notebook, on the CPU: a ~5 M-parameter Qwen2.5-VL (`tiny_size="seeing"`) learns the
-# **micro world** (`micro-coding`: colour, shape and position questions about images that are rotated, darkened,
-# washed out, noisy, or too small to see until cropped — see notebook 01), where answering needs the tool:
+# The story of this notebook, on the CPU: a ~5 M-parameter Qwen3-VL (`tiny_size="seeing"`, `arch="qwen3_vl"`:
+# its patches carry where they are; micro-search uses the Qwen2.5-VL of the same size) learns the **micro world**
+# (`micro-coding`: colour, shape and position questions about images that are rotated, darkened, washed out, noisy,
+# or too small to see until cropped — see notebook 01), where answering needs the tool:
 #
 # 1. **Warm start** (cold-start SFT, reported as such): supervised steps on gold behaviour — each training
-#    question asked on its *clean* image and answered at once (learning to see), every task's answer step after
-#    its gold tools (reading the restored image), and the whole gold episode (diagnosis, code) of only a share of
-#    the tasks, so tool use is shown but not mastered. Cached, so the notebooks and the tests reuse it.
+#    question asked on its *clean* image and answered at once (learning to see; 0–60 neutral words between image
+#    and question, so the reading does not hang on one image-to-answer distance), then those clean answers beside
+#    the whole gold episode (diagnosis, code, answer after the restored image) of only a share of the tasks, so
+#    tool use is shown but not mastered. Cached, so the notebooks and the tests reuse it.
 # 2. **Before**: the warm start on held-out tasks, with live tools (the sandbox really runs its code), greedy,
 #    scored by the reference scorer (F1) and the agentic rubric — and with its tools switched off (the no-tool
 #    baseline: same form, every tool call answered "tools are off").
@@ -30,10 +32,14 @@ KIND = "coding"  # micro world to train on: coding (restore / crop the image) or
 N_TASKS = 0  # tasks in the micro build (80 % train, 20 % held out); 0: the profile's
 HELDOUT = 60  # held-out tasks evaluated before and after
 SEEING_STEPS = 150  # warm-start stage 1: steps on clean-image answers alone, the bare word (learning to see; cached
-# on its own; ~2.3 min); 0 skips it — then the warm start answers one word per question type (README "Learning on CPU")
+# on its own; ~3.5 min); 0 skips it — then the warm start answers one word per question type (README "Learning on CPU")
+SEEING_FILLER_WORDS = 60  # stage 1: 0..N neutral words between image and question, drawn per row, so the answer is read
+# at varied distances from the image (an episode's answer turn is far from it; README "Where the reading is tied")
+SEEING_COPIES = 3  # stage 1: each clean question this many times, each with its own filler
 READING_STEPS = 300  # warm-start stage 1 when KIND is search: answer steps alone, the names of each row re-drawn
 # from the pools of the world, so only reading the hits answers them (memorising the training facts does not); 0 skips
-WARM_STEPS = 150  # warm-start stage 2: supervised steps on gold steps (cached: the same settings are reused)
+WARM_STEPS = 120  # warm-start stage 2: supervised steps on gold steps (cached: the same settings are reused)
+SEARCH_WARM_STEPS = 150  # the same when KIND is search (the README's micro-search figures)
 TOOL_EPISODES = 0.15  # share of training tasks whose whole gold episode the warm start shows
 TAGS_LAYOUT = False  # warm start also on those gold steps in the paper tags layout (history in one user
 # message), and held-out F1 in that layout before and after (eval --protocol tags); README "The paper layout"
@@ -41,7 +47,7 @@ FRESH_WORLDS = 2  # KIND search: GRPO trains on the train splits of this many ot
 # facts) - the facts of its own world the warm start memorised, so there most groups agree; 0 trains on its own world
 AGENTIC_MINUTES = 8.0  # wall clock of agentic GRPO
 AGENTIC_STEPS = 0  # or a fixed number of agentic steps (0: by wall clock)
-STEPWISE_MINUTES = 1.0  # wall clock of the paper step-wise GRPO from the same warm start (0 skips it)
+STEPWISE_MINUTES = 0.5  # wall clock of the paper step-wise GRPO from the same warm start (0 skips it)
 STEPWISE_STEPS = 0  # or a fixed number of step-wise steps (0: by wall clock; both 0 skips it)
 COMPARISON_DIR = ""  # a `python -m arftlib compare --out DIR` folder to show; empty: OUT_DIR/comparison
 RUN_COMPARISON = False  # run the full comparison here (each method for AGENTIC_MINUTES; long)
@@ -61,7 +67,8 @@ from arftlib.train import lora_snapshot, max_abs_diff, train, wall_clock_stop
 from arftlib.train.trainer import current_rss_mb
 from arftlib.train.warmstart import WarmStartRecipe, warm_start
 from arftlib.trajectories import read_trajectories
-from experiments.micro_learning import compare_methods, evaluate_policy, micro_setup, rl_training_tasks, seeing_check
+from experiments.micro_learning import (answer_step_check, compare_methods, evaluate_policy, micro_setup,
+                                       rl_training_tasks, seeing_check)
 
 out_dir = Path(OUT_DIR)
 out_dir.mkdir(parents=True, exist_ok=True)
@@ -92,8 +99,10 @@ display(pd.Series(["+".join(t.degradations) or "-" for t in heldout_tasks]).valu
 
 # %%
 # micro-search images have no clean version: no seeing stage there, a reading stage instead
-recipe = WarmStartRecipe(steps=WARM_STEPS, seeing_steps=SEEING_STEPS if KIND == "coding" else 0,
-                         reading_steps=READING_STEPS if KIND == "search" else 0,
+coding = KIND == "coding"
+recipe = WarmStartRecipe(steps=WARM_STEPS if coding else SEARCH_WARM_STEPS, seeing_steps=SEEING_STEPS if coding else 0,
+                         seeing_filler_words=SEEING_FILLER_WORDS if coding else 0,
+                         seeing_copies=SEEING_COPIES if coding else 1, reading_steps=0 if coding else READING_STEPS,
                          tool_episode_fraction=TOOL_EPISODES, tags_rows=TAGS_LAYOUT, seed=cfg.seed)
 t0 = time.time()
 ws = warm_start(cfg, train_tasks, recipe, isolated=True)  # trained in a child process: GRPO here then runs faster
@@ -122,6 +131,19 @@ if seeing is None:
 else:
     print(f"clean-image F1 {seeing['f1']:.1f} on {seeing['n']} held-out questions")
     display(pd.DataFrame(seeing["by_type"]).T.rename(columns={"answers": "distinct answers given"}))
+
+# %% [markdown]
+# ### ... and at an episode's answer turn?
+# The colour and position questions again, now at the answer turn of their episode: the gold diagnosis and code are
+# played (the code runs; a rotation comes back exactly), then the policy writes the answer alone, greedy. Eyes that
+# work only at turn one read nothing here (README "Where the reading is tied"); `/rotated` rows needed the repair.
+
+# %%
+answer_step = None
+if KIND == "coding":
+    answer_step = answer_step_check(cfg, ws["model"], ws["adapter"], heldout_tasks, out_dir / "answer_step_check")
+    print(f"answer turn after the gold repair: {answer_step['correct']} of {answer_step['n']} right")
+    display(pd.DataFrame(answer_step["by_type"]).T.rename(columns={"answers": "distinct answers given"}))
 
 # %% [markdown]
 # ## 2 · Before: the warm start on held-out tasks, with live tools and without
@@ -290,6 +312,7 @@ metrics = {
     "warm_start_s": ws.get("seconds"), "warm_start_stages": ws.get("stages"),
     "warm_start_seeing_f1": seeing["f1"] if seeing else None,  # clean images, answered at once (can it see?)
     "warm_start_seeing_by_type": seeing["by_type"] if seeing else None,
+    "warm_start_answer_step": answer_step,  # colour / position at the answer turn after the gold repair
     "tool_calls_before": before["tool_calls_per_episode"], "tool_calls_after": after["tool_calls_per_episode"],
     "adapter_changed": adapter_changed, "adapter_max_abs_diff": adapter_diff,
     "agentic_steps": agentic["steps"], "agentic_s": round(agentic_s, 1), "agentic_s_per_step": agentic["s_per_step"],
