@@ -300,6 +300,14 @@ def test_resume_continues_without_losing_or_duplicating_trajectories(coding_data
     trajs = _records(run)
     assert Counter(t.training_step for t in trajs) == {1: 8, 2: 8, 3: 8, 4: 8}
     assert len({t.episode_id for t in trajs}) == len(trajs) == 32
+    # a fresh run into the same folder (no --resume) leaves none of the earlier run's checkpoints or records
+    p = subprocess.run([sys.executable, "-m", "arftlib.train", "--profile", "tiny-cpu", "--mode", "stepwise",
+                        "--data", str(coding_data), "--out", str(run), "--max-steps", "2", "--set", "save_steps=2"],
+                       env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "removes the earlier run's checkpoint-2, checkpoint-4, trajectories" in p.stderr
+    assert sorted(d.name for d in run.glob("checkpoint-*")) == ["checkpoint-2"]
+    assert Counter(t.training_step for t in _records(run)) == {1: 8, 2: 8}
 
 
 # ------------------------------------------------------------------------------------------------ QLoRA / full

@@ -614,8 +614,15 @@ def train(cfg: "RunConfig", mode: str = "stepwise", data: str | os.PathLike | No
     if is_main_process():
         if resume:
             truncated = truncate_trajectories(traj_dir, ckpt_step)
-        elif (traj_dir / "trajectories.jsonl").exists():
-            shutil.rmtree(traj_dir)  # a fresh run: no records from an earlier run in this folder
+        else:  # a fresh run: no records or checkpoints from an earlier run in this folder
+            stale = [d for d in run_dir.iterdir() if d.is_dir() and CHECKPOINT_RE.match(d.name)]
+            if (traj_dir / "trajectories.jsonl").exists():
+                stale.append(traj_dir)
+            if stale:
+                log.warning("%s: a fresh run (no --resume) removes the earlier run's %s", run_dir,
+                            ", ".join(sorted(d.name for d in stale)))
+            for d in stale:
+                shutil.rmtree(d)
         write_json(run_dir / "config.json", {"config": cfg.to_dict(), "mode": mode, "kind": kind, "reward": reward,
                                              "data": None if data is None else str(data), "model": model,
                                              "adapter": None if adapter is None else str(adapter),
