@@ -39,6 +39,7 @@ SEEING_STEPS = 150  # notebook 04's default seeing stage (bare-word clean answer
 SEEING_FILLER_WORDS = 60  # ... with 0-60 neutral words between image and question, so the reading does not depend
 SEEING_COPIES = 3  # on one image-to-answer distance; each clean row this many times, each with its own filler
 WARM_STEPS = 120  # micro-coding's gold-steps stage (micro-search keeps WarmStartRecipe's 150)
+DIAGNOSIS_STEPS = True  # micro-coding: every training task's diagnosis row in the gold-steps stage (not only 15 %'s)
 READING_STEPS = 300  # notebook 04's default reading stage for micro-search (answer steps, names re-drawn every row)
 FRESH_WORLDS = 2  # micro-search: GRPO (and every method compared) trains on this many other worlds' train splits
 
@@ -46,7 +47,7 @@ FRESH_WORLDS = 2  # micro-search: GRPO (and every method compared) trains on thi
 def default_recipe(kind: str = "coding", seed: int = 0, seeing_steps: int | None = None) -> Any:
     """Notebook 04's warm start. micro-coding: a seeing stage of `SEEING_STEPS` bare-word clean answers, each row
     `SEEING_COPIES` times with 0-`SEEING_FILLER_WORDS` neutral words between image and question, then `WARM_STEPS`
-    gold-steps steps. micro-search (its images have no clean version): a reading stage of `READING_STEPS`
+    gold-steps steps (with every task's diagnosis row when `DIAGNOSIS_STEPS`). micro-search (its images have no clean version): a reading stage of `READING_STEPS`
     relabelled answer steps, then `WarmStartRecipe`'s 150. Both: 15 % gold episodes. The comparison
     (`compare_methods`, `python -m arftlib compare`) and `micro_learning` without a recipe start from it, so their
     "before" is the warm start notebook 04 reports."""
@@ -56,7 +57,7 @@ def default_recipe(kind: str = "coding", seed: int = 0, seeing_steps: int | None
         return WarmStartRecipe(seeing_steps=0, reading_steps=READING_STEPS, seed=int(seed))
     steps = SEEING_STEPS if seeing_steps is None else int(seeing_steps)
     return WarmStartRecipe(steps=WARM_STEPS, seeing_steps=steps, seeing_filler_words=SEEING_FILLER_WORDS,
-                           seeing_copies=SEEING_COPIES, seed=int(seed))
+                           seeing_copies=SEEING_COPIES, diagnosis_steps=DIAGNOSIS_STEPS, seed=int(seed))
 
 
 def micro_setup(out_dir: str | os.PathLike, *, kind: str = "coding", profile: str = "tiny-cpu", n_tasks: int | None = None,

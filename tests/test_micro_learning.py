@@ -61,6 +61,8 @@ def test_compare_runs_every_method_from_one_warm_start(tmp_path, tiny_budget):
 def test_warm_start_rows_and_cache(tmp_path, tiny_budget):
     """The recipe's rows: clean-image direct answers for every non-crop task, whole gold episodes for a share;
     a second call with the same inputs is a cache hit."""
+    import dataclasses
+
     from experiments.micro_learning import micro_setup
     from arftlib.train.warmstart import WarmStartRecipe, clean_answer_task, warm_start
 
@@ -74,6 +76,12 @@ def test_warm_start_rows_and_cache(tmp_path, tiny_budget):
     assert n_clean > 0 and first["rows_by_action"]["answer_clean"] == n_clean
     shown = round(0.2 * len(train_tasks))
     assert first["rows_by_action"]["problem"] == shown  # every gold episode starts with its diagnosis
+    # diagnosis_steps: every task's diagnosis too (tasks with a degradation), the other tool rows as before; own key
+    diag = warm_start(cfg, train_tasks, dataclasses.replace(recipe, diagnosis_steps=True))
+    assert diag["reused"] is False and diag["model"] != first["model"]
+    assert diag["rows_by_action"]["problem"] == sum(bool(t.degradations) for t in train_tasks) > shown
+    assert {k: v for k, v in diag["rows_by_action"].items() if k != "problem"} == {
+        k: v for k, v in first["rows_by_action"].items() if k != "problem"}
     crop = next(t for t in train_tasks if "crop" in t.degradations)
     assert clean_answer_task(crop) is None  # the whole clean scene does not show the boxed detail
     clean = clean_answer_task(next(t for t in train_tasks if "crop" not in t.degradations))
@@ -219,6 +227,8 @@ def test_default_recipe_is_notebook_04s_warm_start():
         0, int(params["READING_STEPS"]), int(params["SEARCH_WARM_STEPS"]), 3)
     assert (search.seeing_filler_words, search.seeing_copies) == (0, 1)
     assert coding.reading_steps == 0
+    diagnosis = re.search(r"^DIAGNOSIS_STEPS = (True|False)", src, re.M).group(1)
+    assert coding.diagnosis_steps is (diagnosis == "True") and search.diagnosis_steps is False
     tags_layout = re.search(r"^TAGS_LAYOUT = (True|False)", src, re.M).group(1)
     assert coding.tags_rows is search.tags_rows is (tags_layout == "True")
 

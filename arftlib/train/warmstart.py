@@ -52,6 +52,11 @@ class WarmStartRecipe:
     # after them are shown: tool use is shown, not mastered, so RL has something to improve
     answer_steps: bool = False  # True: also every OTHER task's answer step after its gold tools (long rows; a
     # 250-step warm start with them was measured worse, see the README's learning table)
+    diagnosis_steps: bool = False  # True: also every OTHER task's diagnosis step (`<problem>`: the degraded image and
+    # the question → the degradation labels; short rows). With 15 % of episodes shown, the default warm start never
+    # named rotation180 (0 of 8 held-out) and added labels that are not there, and its code follows its diagnosis.
+    # Measured (notebook 04's recipe, 8-min agentic draw): the 680 short rows dilute the code rows, so the warm start's
+    # code turns break (6 of 33 run; F1 8.33, was 23.33) and GRPO mends them (57 of 57 run; F1 23.33, +15.0)
     clean_answers: bool = True  # add, per task with a clean image (not a zoom task), the question on the CLEAN
     # image answered at once: teaches the policy to see (short rows, cheap) without showing it tool use
     seeing_steps: int = 0  # a first stage of this many steps on the clean-image answers ALONE (short rows, ~2.5× cheaper
@@ -87,7 +92,7 @@ class WarmStartRecipe:
 
 # recipe fields added after key version 1, with their defaults (a field at its default stays out of the key)
 _LATER_FIELDS = {"reading_steps": 0, "reading_batch_size": 32, "tags_rows": False, "seeing_filler_words": 0,
-                 "seeing_copies": 1}
+                 "seeing_copies": 1, "diagnosis_steps": False}
 # neutral words (no answer, colour, shape or side among them) a seeing row's filler is drawn from
 FILLER_WORDS = tuple("look at the image and read it then answer step code restore tool turn".split())
 
@@ -192,13 +197,15 @@ def clean_answer_task(task: "Task") -> "Task | None":
 
 
 def _select(ds: Any, recipe: WarmStartRecipe) -> Any:
-    """Every answer step (when `answer_steps`), and every step of `tool_episode_fraction` of the tasks."""
+    """Every answer step (when `answer_steps`), every diagnosis step (when `diagnosis_steps`), and every step of
+    `tool_episode_fraction` of the tasks."""
     ids = sorted(set(ds["task_id"]))
     rng = random.Random(recipe.seed)
     rng.shuffle(ids)
     shown = set(ids[: int(round(recipe.tool_episode_fraction * len(ids)))])
     keep = [i for i, (tid, action) in enumerate(zip(ds["task_id"], ds["gold_action"]))
-            if tid in shown or (recipe.answer_steps and action == "answer")]
+            if tid in shown or (recipe.answer_steps and action == "answer")
+            or (recipe.diagnosis_steps and action == "problem")]
     if not keep:
         raise ValueError("the warm-start recipe keeps no row (no answer steps and no tool episodes)")
     return ds.select(keep)

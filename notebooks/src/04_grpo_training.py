@@ -8,9 +8,9 @@
 #
 # 1. **Warm start** (cold-start SFT, reported as such): supervised steps on gold behaviour — each training
 #    question asked on its *clean* image and answered at once (learning to see; 0–60 neutral words between image
-#    and question, so the reading does not hang on one image-to-answer distance), then those clean answers beside
-#    the whole gold episode (diagnosis, code, answer after the restored image) of only a share of the tasks, so
-#    tool use is shown but not mastered. Cached, so the notebooks and the tests reuse it.
+#    and question, so the reading does not hang on one image-to-answer distance), then those clean answers and
+#    every task's diagnosis beside the whole gold episode (diagnosis, code, answer after the restored image) of only
+#    a share of the tasks, so tool use is shown but not mastered. Cached, so the notebooks and the tests reuse it.
 # 2. **Before**: the warm start on held-out tasks, with live tools (the sandbox really runs its code), greedy,
 #    scored by the reference scorer (F1) and the agentic rubric — and with its tools switched off (the no-tool
 #    baseline: same form, every tool call answered "tools are off").
@@ -40,6 +40,8 @@ READING_STEPS = 300  # warm-start stage 1 when KIND is search: answer steps alon
 # from the pools of the world, so only reading the hits answers them (memorising the training facts does not); 0 skips
 WARM_STEPS = 120  # warm-start stage 2: supervised steps on gold steps (cached: the same settings are reused)
 SEARCH_WARM_STEPS = 150  # the same when KIND is search (the README's micro-search figures)
+DIAGNOSIS_STEPS = True  # KIND coding, stage 2: also every training task's diagnosis row (image + question → the
+# degradation labels), not only those of the TOOL_EPISODES share (README "make reproduce with the Qwen3-VL policy")
 TOOL_EPISODES = 0.15  # share of training tasks whose whole gold episode the warm start shows
 TAGS_LAYOUT = False  # warm start also on those gold steps in the paper tags layout (history in one user
 # message), and held-out F1 in that layout before and after (eval --protocol tags); README "The paper layout"
@@ -103,6 +105,7 @@ coding = KIND == "coding"
 recipe = WarmStartRecipe(steps=WARM_STEPS if coding else SEARCH_WARM_STEPS, seeing_steps=SEEING_STEPS if coding else 0,
                          seeing_filler_words=SEEING_FILLER_WORDS if coding else 0,
                          seeing_copies=SEEING_COPIES if coding else 1, reading_steps=0 if coding else READING_STEPS,
+                         diagnosis_steps=DIAGNOSIS_STEPS and coding,
                          tool_episode_fraction=TOOL_EPISODES, tags_rows=TAGS_LAYOUT, seed=cfg.seed)
 t0 = time.time()
 ws = warm_start(cfg, train_tasks, recipe, isolated=True)  # trained in a child process: GRPO here then runs faster
