@@ -76,10 +76,11 @@ def test_warm_start_rows_and_cache(tmp_path, tiny_budget):
     assert n_clean > 0 and first["rows_by_action"]["answer_clean"] == n_clean
     shown = round(0.2 * len(train_tasks))
     assert first["rows_by_action"]["problem"] == shown  # every gold episode starts with its diagnosis
-    # diagnosis_steps: every task's diagnosis too (tasks with a degradation), the other tool rows as before; own key
+    # diagnosis_steps: every task's diagnosis row too, the other rows as before; its own cache key
     diag = warm_start(cfg, train_tasks, dataclasses.replace(recipe, diagnosis_steps=True))
     assert diag["reused"] is False and diag["model"] != first["model"]
-    assert diag["rows_by_action"]["problem"] == sum(bool(t.degradations) for t in train_tasks) > shown
+    with_diagnosis = sum(any(g["action"] == "problem" for g in t.gold_chain) for t in train_tasks)
+    assert diag["rows_by_action"]["problem"] == with_diagnosis > shown
     assert {k: v for k, v in diag["rows_by_action"].items() if k != "problem"} == {
         k: v for k, v in first["rows_by_action"].items() if k != "problem"}
     crop = next(t for t in train_tasks if "crop" in t.degradations)
