@@ -47,8 +47,9 @@ FRESH_WORLDS = 2  # micro-search: GRPO (and every method compared) trains on thi
 def default_recipe(kind: str = "coding", seed: int = 0, seeing_steps: int | None = None) -> Any:
     """Notebook 04's warm start. micro-coding: a seeing stage of `SEEING_STEPS` bare-word clean answers, each row
     `SEEING_COPIES` times with 0-`SEEING_FILLER_WORDS` neutral words between image and question, then `WARM_STEPS`
-    gold-steps steps (with every task's diagnosis row when `DIAGNOSIS_STEPS`). micro-search (its images have no clean version): a reading stage of `READING_STEPS`
-    relabelled answer steps, then `WarmStartRecipe`'s 150. Both: 15 % gold episodes. The comparison
+    gold-steps steps (with every task's diagnosis row when `DIAGNOSIS_STEPS`). micro-search (its images have no
+    clean version): a reading stage of `READING_STEPS` relabelled answer steps, then `WarmStartRecipe`'s 150. Both:
+    15 % gold episodes. The comparison
     (`compare_methods`, `python -m arftlib compare`) and `micro_learning` without a recipe start from it, so their
     "before" is the warm start notebook 04 reports."""
     from arftlib.train.warmstart import WarmStartRecipe
