@@ -30,9 +30,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FRESH_WORLDS", "METHODS", "answer_spread", "answer_step_check", "compare_methods", "comparison_table",
-           "default_recipe", "evaluate_policy", "fresh_world_tasks", "micro_learning", "micro_setup",
-           "rl_training_tasks", "seeing_check"]
+__all__ = ["FRESH_WORLDS", "METHODS", "RESTORED_QUALITY", "answer_spread", "answer_step_check", "code_step_check",
+           "compare_methods", "comparison_table", "default_recipe", "evaluate_policy", "fresh_world_tasks",
+           "micro_learning", "micro_setup", "rl_training_tasks", "seeing_check"]
 
 METHODS = ("agentic", "stepwise", "sft")
 SEEING_STEPS = 150  # notebook 04's default seeing stage (bare-word clean answers) before the gold steps
@@ -159,6 +159,36 @@ def _tally_by_type(trajs: Sequence[Any], *, split_rotated: bool = False) -> dict
     return dict(sorted(rows.items()))
 
 
+def _policy_after_gold_prefix(cfg: Any, model: str, adapter: str | None, tasks: Sequence[Any], out: str | os.PathLike,
+                              *, start_step: int, protocol: str, max_new_tokens: int) -> list[Any]:
+    """Greedy episodes that begin after each task's gold turns before `start_step` (`AgentEnv.play_gold_prefix`:
+    the gold tools run), the policy writing the rest; trajectories also written to `out/trajectories`."""
+    from arftlib.env import make_env
+    from arftlib.env.core import AgentEnv
+    from arftlib.policies import load_policy_for_eval
+    from arftlib.rollout import run_episodes
+
+    settings = AgentEnv.settings_from_config(cfg, protocol=protocol,
+                                             tool_calls=cfg.tool_format if protocol == "chat" else False)
+
+    def after_gold_prefix() -> AgentEnv:
+        env = make_env(**settings)
+
+        def reset(task: Any = None, **kw: Any) -> None:  # reset, then the gold turns before `start_step`
+            type(env).reset(env, task, **kw)
+            env.play_gold_prefix(start_step)
+
+        env.reset = reset
+        return env
+
+    policy = load_policy_for_eval(model, max_new_tokens=max_new_tokens, temperature=0.0, use_vllm=False,
+                                  seed=cfg.seed, load_kwargs={"torch_dtype": cfg.torch_dtype,
+                                                              "min_pixels": cfg.min_pixels,
+                                                              "max_pixels": cfg.max_pixels, "adapter": adapter})
+    return run_episodes(list(tasks), policy, protocol=protocol, batch_size=int(cfg.eval_batch_size),
+                        env_factory=after_gold_prefix, writer=Path(out) / "trajectories", progress=False)
+
+
 def answer_step_check(cfg: Any, model: str, adapter: str | None, tasks: Sequence[Any], out: str | os.PathLike, *,
                       protocol: str = "chat", question_types: Sequence[str] | None = ("color", "position"),
                       max_new_tokens: int = 32) -> dict[str, Any]:
@@ -169,38 +199,63 @@ def answer_step_check(cfg: Any, model: str, adapter: str | None, tasks: Sequence
     Next to `seeing_check` (the same questions asked at once on the clean image) it tells eyes that work from eyes
     that work only where they were trained: measured on `seeing-grid` warm starts (README "After a repair"),
     position 82–95 % asked at once, 11–16 of 39 (chance 10) after the gold repair."""
-    from arftlib.env import make_env
-    from arftlib.env.core import AgentEnv
-    from arftlib.policies import load_policy_for_eval
-    from arftlib.rollout import run_episodes
-
     picked = [t for t in tasks if question_types is None
               or (t.metadata or {}).get("question_type") in set(question_types)]
     if not picked:
         raise ValueError(f"answer_step_check: no task of types {question_types} among {len(tasks)}")
-    settings = AgentEnv.settings_from_config(cfg, protocol=protocol,
-                                             tool_calls=cfg.tool_format if protocol == "chat" else False)
-
-    def at_answer_step() -> AgentEnv:
-        env = make_env(**settings)
-
-        def reset(task: Any = None, **kw: Any) -> None:  # reset, then the gold turns before the answer
-            type(env).reset(env, task, **kw)
-            env.play_gold_prefix(-1)
-
-        env.reset = reset
-        return env
-
-    policy = load_policy_for_eval(model, max_new_tokens=max_new_tokens, temperature=0.0, use_vllm=False,
-                                  seed=cfg.seed, load_kwargs={"torch_dtype": cfg.torch_dtype,
-                                                              "min_pixels": cfg.min_pixels,
-                                                              "max_pixels": cfg.max_pixels, "adapter": adapter})
-    trajs = run_episodes(picked, policy, protocol=protocol, batch_size=int(cfg.eval_batch_size),
-                         env_factory=at_answer_step, writer=Path(out) / "trajectories", progress=False)
+    trajs = _policy_after_gold_prefix(cfg, model, adapter, picked, out, start_step=-1, protocol=protocol,
+                                      max_new_tokens=max_new_tokens)
     by_type = {k: {f: r[f] for f in ("n", "answered", "correct", "chance", "answers")}
                for k, r in _tally_by_type(trajs, split_rotated=True).items()}
     return {"n": len(trajs), "correct": sum(r["correct"] for r in by_type.values()), "by_type": by_type,
             "dir": str(out)}
+
+
+RESTORED_QUALITY = 0.5  # code_step_check: `restoration_score` quality from which a code output counts as restored
+
+
+def code_step_check(cfg: Any, model: str, adapter: str | None, tasks: Sequence[Any], out: str | os.PathLike, *,
+                    protocol: str = "chat", max_new_tokens: int | None = None) -> dict[str, Any]:
+    """Can the policy's HANDS repair the image once it knows what is wrong? Every task whose gold chain has a code
+    step gets its gold diagnosis played (the diagnosis turn and its tool), then the policy writes the rest of the
+    episode, greedy: the code turn, then the answer. Per degradation (the task's, joined with "+"): `n`, `coded`
+    (a code action was written), `ran` (it returned an image), `restored` (the last code image's
+    `restoration_score` quality against the clean image ≥ `RESTORED_QUALITY`), `quality` (mean over n, 0 where
+    nothing ran), `answered`, `correct` (F1 = 1). Next to `answer_step_check` (gold code, then the policy answers)
+    it tells a policy whose code fails from one whose eyes fail after a good repair; it is what `diagnosis_steps`
+    was measured with (README "make reproduce with the Qwen3-VL micro-coding policy")."""
+    from arftlib.rewards.image import restoration_score
+
+    picked = [t for t in tasks if len(t.gold_chain) > 1 and t.gold_chain[1].get("action") == "code"]
+    if not picked:
+        raise ValueError(f"code_step_check: no task with a gold code step among {len(tasks)}")
+    tokens = int(max_new_tokens or cfg.eval_max_new_tokens or cfg.max_completion_length)
+    trajs = _policy_after_gold_prefix(cfg, model, adapter, picked, out, start_step=1, protocol=protocol,
+                                      max_new_tokens=tokens)
+    rows: dict[str, dict[str, Any]] = {}
+    for t in trajs:
+        task = t.task
+        row = rows.setdefault("+".join(sorted(task.degradations)) or "none",
+                              {"n": 0, "coded": 0, "ran": 0, "restored": 0, "quality": 0.0, "answered": 0,
+                               "correct": 0})
+        steps = t.scored_steps
+        outputs = [s.observation for s in steps if s.observation is not None and s.observation.tool == "code"]
+        images = [o for o in outputs if o.is_evidence and o.image]
+        quality = 0.0
+        if images and task.clean_image:
+            quality = restoration_score(images[-1].image, task.clean_image, task.images[0] if task.images else None,
+                                        target_box=(task.metadata or {}).get("target_box"))["quality"]
+        row["n"] += 1
+        row["coded"] += bool(outputs)
+        row["ran"] += bool(images)
+        row["restored"] += quality >= RESTORED_QUALITY
+        row["quality"] += quality
+        row["answered"] += bool(t.final_answer)
+        row["correct"] += float(t.metrics.get("f1") or 0.0) >= 1.0
+    for row in rows.values():
+        row["quality"] = round(row["quality"] / row["n"], 3)
+    total = {f: sum(r[f] for r in rows.values()) for f in ("n", "coded", "ran", "restored", "answered", "correct")}
+    return {**total, "by_degradation": dict(sorted(rows.items())), "dir": str(out)}
 
 
 def answer_spread(eval_dir: str | os.PathLike) -> list[dict[str, Any]]:

@@ -381,3 +381,30 @@ def test_answer_step_check_plays_the_gold_steps_then_asks_only_the_answer(tmp_pa
             assert any(s.observation is not None and s.observation.kind == "image" for s in t.steps[:-1])
     with pytest.raises(ValueError, match="no task of types"):
         answer_step_check(cfg, "oracle", None, test_tasks, tmp_path / "none", question_types=("nope",))
+
+
+def test_code_step_check_plays_the_gold_diagnosis_then_scores_the_policys_code(tmp_path):
+    """`code_step_check`: only tasks with a gold code step; the gold diagnosis is played, the policy writes the code
+    and the answer. The oracle's code runs and restores (a rotation exactly), and it answers right; each episode's
+    scored steps start at the code turn. The tallies add up by degradation."""
+    from experiments.micro_learning import RESTORED_QUALITY, code_step_check, micro_setup
+    from arftlib.trajectories import read_trajectories
+
+    _, cfg, _, test_tasks, _ = micro_setup(tmp_path / "setup", kind="coding", n_tasks=40)
+    res = code_step_check(cfg, "oracle", None, test_tasks, tmp_path / "code_step")
+    picked = [t for t in test_tasks if len(t.gold_chain) > 1 and t.gold_chain[1]["action"] == "code"]
+    assert 0 < res["n"] == len(picked) < len(test_tasks) + 1
+    assert res["coded"] == res["ran"] == res["answered"] == res["correct"] == res["n"]
+    assert sum(r["n"] for r in res["by_degradation"].values()) == res["n"]
+    for name, row in res["by_degradation"].items():
+        assert 0.0 < row["quality"] <= 1.0, name
+        if name in ("rotation90", "rotation180"):  # the gold rotation brings the clean image back exactly
+            assert row["restored"] == row["n"] and row["quality"] >= RESTORED_QUALITY
+    trajs = read_trajectories(tmp_path / "code_step" / "trajectories", resolve_images=False)
+    assert len(trajs) == res["n"]
+    for t in trajs:
+        scored = [s for s in t.steps if s.scored]
+        assert t.start_step == 1 and scored[0].action.kind == "code" and scored[-1].action.kind == "answer"
+        assert not t.steps[0].scored  # the gold diagnosis, played
+    with pytest.raises(ValueError, match="no task with a gold code step"):
+        code_step_check(cfg, "oracle", None, [t for t in test_tasks if t not in picked], tmp_path / "none")

@@ -62,6 +62,10 @@ def _check_04(m):
     # the seeing check: clean-image questions of every non-zoom type asked, with the chance level beside them
     assert set(m["warm_start_seeing_by_type"]) <= {"color", "shape", "position"}
     assert all(r["chance"] and r["n"] > 0 for r in m["warm_start_seeing_by_type"].values())
+    # the code turn after the gold diagnosis, for the warm start and the adapter, on the same held-out tasks
+    for r in (m["code_step_before"], m["code_step_after"]):
+        assert 0 < r["n"] <= 6 and r["restored"] <= r["ran"] <= r["coded"] <= r["n"] and r["correct"] <= r["answered"]
+    assert m["code_step_before"]["n"] == m["code_step_after"]["n"]
     # per question type, the answers' spread (is the score the prior's?), over every held-out episode
     for rows in (m["by_question_before"], m["by_question_after"]):
         assert sum(r["n"] for r in rows) == 6 and {r["question"] for r in rows} <= {"color", "shape", "position", "zoom"}

@@ -69,8 +69,8 @@ from arftlib.train import lora_snapshot, max_abs_diff, train, wall_clock_stop
 from arftlib.train.trainer import current_rss_mb
 from arftlib.train.warmstart import WarmStartRecipe, warm_start
 from arftlib.trajectories import read_trajectories
-from experiments.micro_learning import (answer_step_check, compare_methods, evaluate_policy, micro_setup,
-                                       rl_training_tasks, seeing_check)
+from experiments.micro_learning import (answer_step_check, code_step_check, compare_methods, evaluate_policy,
+                                       micro_setup, rl_training_tasks, seeing_check)
 
 out_dir = Path(OUT_DIR)
 out_dir.mkdir(parents=True, exist_ok=True)
@@ -231,6 +231,23 @@ by_deg.to_csv(out_dir / "by_degradation.csv", index=False)
 print(f"adapter changed: {adapter_changed} (max |ΔW| {adapter_diff:.2e})")
 
 # %% [markdown]
+# ### The hands: the code turn after the gold diagnosis, before and after
+# Every held-out task with a gold code step gets its gold diagnosis played; the policy writes the code and the
+# answer, greedy. `ran`: the code returned an image; `restored`: that image is close to the clean one
+# (`restoration_score` quality ≥ 0.5 — writing the input back scores below it); `quality`: mean over the tasks.
+# Beside the answer-turn check above (gold code, then the policy answers), it shows whether GRPO taught the code.
+
+# %%
+code_step = {}
+if KIND == "coding":
+    for name, ad in (("before", ws["adapter"]), ("after", adapter_dir)):
+        code_step[name] = code_step_check(cfg, ws["model"], ad, heldout_tasks, out_dir / f"code_step_{name}")
+    display(pd.concat({name: pd.DataFrame(r["by_degradation"]).T for name, r in code_step.items()}, axis=1))
+    for name, r in code_step.items():
+        print(f"{name}: of {r['n']} code turns after the gold diagnosis, {r['ran']} ran, {r['restored']} restored; "
+              f"{r['correct']} answered right")
+
+# %% [markdown]
 # ### In the paper's layout (`TAGS_LAYOUT`)
 # The reference evaluation keeps the whole history in one user message (`eval --protocol tags`). GRPO trained the chat
 # layout only; a warm start that also saw the tags layout shows here whether what GRPO taught carries over.
@@ -316,6 +333,8 @@ metrics = {
     "warm_start_seeing_f1": seeing["f1"] if seeing else None,  # clean images, answered at once (can it see?)
     "warm_start_seeing_by_type": seeing["by_type"] if seeing else None,
     "warm_start_answer_step": answer_step,  # colour / position at the answer turn after the gold repair
+    "code_step_before": code_step.get("before"),  # the code turn after the gold diagnosis: ran, restored, right
+    "code_step_after": code_step.get("after"),
     "tool_calls_before": before["tool_calls_per_episode"], "tool_calls_after": after["tool_calls_per_episode"],
     "adapter_changed": adapter_changed, "adapter_max_abs_diff": adapter_diff,
     "agentic_steps": agentic["steps"], "agentic_s": round(agentic_s, 1), "agentic_s_per_step": agentic["s_per_step"],
