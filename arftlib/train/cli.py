@@ -59,8 +59,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(prog="python -m arftlib.train", description="GRPO training (TRL GRPOTrainer)")
     add_train_arguments(p)
-    run_from_args(p.parse_args(argv))
+    try:
+        run_from_args(p.parse_args(argv))
+    finally:
+        _close_process_group()
     return 0
+
+
+def _close_process_group() -> None:
+    """Under `accelerate launch`, tear the process group down before the interpreter exits: left to exit-time
+    destruction, a rank's gloo threads can abort it after a finished run ("terminate called without an active
+    exception", exit -6; seen once in CI on test_agentic_two_processes)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":  # pragma: no cover
