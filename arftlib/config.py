@@ -253,8 +253,9 @@ def default_profile() -> str:
 MICRO_WORLD: dict[str, dict[str, Any]] = {
     "tiny-cpu": dict(
         tiny_size="seeing",  # the ~5 M-parameter model that learns to read colours (micro-search: Qwen2.5-VL;
-        # micro-coding: Qwen3-VL, MICRO_BENCHMARK); "seeing-grid" (Qwen2.5-VL with a rotary layout that lets it learn where a figure
-        # is) sees position at turn one, but not at an episode's answer turn (README "Where the reading is tied")
+        # micro-coding: Qwen3-VL, MICRO_BENCHMARK); "seeing-grid" (Qwen2.5-VL with a rotary layout that lets it learn
+        # where a figure is) sees position at turn one, but not at an episode's answer turn (README "Where the reading
+        # is tied")
         torch_threads=2,  # both cores of the CPU machine (a warm-start step: 2.6 s with 2 threads alone, 7.4 s with 1
         # thread beside another job); set 1 when something else runs beside it
         image_size=224,  # the micro canvas; the policy sees it at max_pixels (112 × 112), crops come back sharp

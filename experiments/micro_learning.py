@@ -224,7 +224,7 @@ def code_step_check(cfg: Any, model: str, adapter: str | None, tasks: Sequence[A
     nothing ran), `answered`, `correct` (F1 = 1). Next to `answer_step_check` (gold code, then the policy answers)
     it tells a policy whose code fails from one whose eyes fail after a good repair (README "make reproduce on
     another machine": GRPO that unlearned working repairs, restored 29 → 11 of 56)."""
-    from arftlib.rewards.image import restoration_score
+    from arftlib.rewards.image import task_restoration_quality
 
     picked = [t for t in tasks if len(t.gold_chain) > 1 and t.gold_chain[1].get("action") == "code"]
     if not picked:
@@ -238,13 +238,9 @@ def code_step_check(cfg: Any, model: str, adapter: str | None, tasks: Sequence[A
         row = rows.setdefault("+".join(sorted(task.degradations)) or "none",
                               {"n": 0, "coded": 0, "ran": 0, "restored": 0, "quality": 0.0, "answered": 0,
                                "correct": 0})
-        steps = t.scored_steps
-        outputs = [s.observation for s in steps if s.observation is not None and s.observation.tool == "code"]
+        outputs = [s.observation for s in t.scored_steps if s.observation is not None and s.observation.tool == "code"]
         images = [o for o in outputs if o.is_evidence and o.image]
-        quality = 0.0
-        if images and task.clean_image:
-            quality = restoration_score(images[-1].image, task.clean_image, task.images[0] if task.images else None,
-                                        target_box=(task.metadata or {}).get("target_box"))["quality"]
+        quality = task_restoration_quality(task, images[-1].image) if images and task.clean_image else 0.0
         row["n"] += 1
         row["coded"] += bool(outputs)
         row["ran"] += bool(images)

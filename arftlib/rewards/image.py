@@ -17,7 +17,7 @@ import numpy as np
 from arftlib.rewards.common import gold_action
 from arftlib.types import Trajectory, grid_box_to_pixels
 
-__all__ = ["RAN_CREDIT", "SSIM_SIZE", "executed_code", "restoration_score"]
+__all__ = ["RAN_CREDIT", "SSIM_SIZE", "executed_code", "restoration_score", "task_restoration_quality"]
 
 RAN_CREDIT = 0.1  # executed_code: code that ran and wrote a valid image, before quality
 SSIM_SIZE = 256  # images are compared as SSIM_SIZE x SSIM_SIZE greyscale
@@ -99,9 +99,15 @@ def executed_code(traj: Trajectory) -> float | None:
                                 "until rewards are computed)")
     if not task.clean_image:
         return RAN_CREDIT
+    return RAN_CREDIT + (1.0 - RAN_CREDIT) * task_restoration_quality(task, last.image)
+
+
+def task_restoration_quality(task: Any, output: Any) -> float:
+    """`restoration_score(...)["quality"]` of a code output for a coding task: against its clean image (cropped to
+    `metadata["target_box"]`), with its input image as the degraded one."""
     degraded = task.images[0] if task.images else None
-    q = restoration_score(last.image, task.clean_image, degraded, target_box=task.metadata.get("target_box"))
-    return RAN_CREDIT + (1.0 - RAN_CREDIT) * q["quality"]
+    return restoration_score(output, task.clean_image, degraded,
+                             target_box=(task.metadata or {}).get("target_box"))["quality"]
 
 
 executed_code.needs_observations = True  # the TRL adapter runs step-wise code through the environment for it
