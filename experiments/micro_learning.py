@@ -222,8 +222,8 @@ def code_step_check(cfg: Any, model: str, adapter: str | None, tasks: Sequence[A
     (a code action was written), `ran` (it returned an image), `restored` (the last code image's
     `restoration_score` quality against the clean image ≥ `RESTORED_QUALITY`), `quality` (mean over n, 0 where
     nothing ran), `answered`, `correct` (F1 = 1). Next to `answer_step_check` (gold code, then the policy answers)
-    it tells a policy whose code fails from one whose eyes fail after a good repair (README "make reproduce on
-    another machine": GRPO that unlearned working repairs, restored 29 → 11 of 56)."""
+    it tells a policy whose code fails from one whose eyes fail after a good repair (README "Rollouts at temperature
+    0.3": rollouts at 0.6 made GRPO unlearn working repairs, restored 29 → 11 of 56; at 0.3, 29 → 38)."""
     from arftlib.rewards.image import task_restoration_quality
 
     picked = [t for t in tasks if len(t.gold_chain) > 1 and t.gold_chain[1].get("action") == "code"]
